@@ -1,0 +1,1 @@
+"""stc-server: the side beside Asterisk."""

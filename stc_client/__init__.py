@@ -1,0 +1,1 @@
+"""stc-client: the side beside the softphone."""

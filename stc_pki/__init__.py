@@ -1,0 +1,1 @@
+"""stc-pki: a demo certificate authority for stc."""

@@ -1,0 +1,1 @@
+"""Shared wire protocol of stc: framing, messages, identities, SIP/SDP, key agreement."""
