@@ -1,0 +1,193 @@
+"""The server end of the tunnels: TLS 1.3 with a required client certificate.
+
+Each accepted TCP connection is upgraded to TLS by hand (not by
+`start_server(ssl=...)`) so that a failed handshake reaches us with its reason
+and a time limit, instead of vanishing inside asyncio. A refused peer is logged
+with the reason; an accepted one with its subject and fingerprint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from stc_wire.identity import CertificateRejected, PeerIdentity, TrustAnchors, check_client_certificate
+from stc_wire.messages import CloseCode, Message
+from stc_wire.stream import CloseInfo, TunnelStream
+from stc_wire.tls import describe_ssl_error, server_context
+from stc_wire.tunnel import Role, TunnelConnection, TunnelError
+
+from .config import TunnelSettings
+
+log = logging.getLogger(__name__)
+AGENT = "stc-server/0.1"
+
+
+class ClientSession(Protocol):
+    """What the application does with one authenticated tunnel."""
+
+    async def on_message(self, message: Message) -> None: ...
+
+    async def on_close(self, info: CloseInfo) -> None: ...
+
+
+@dataclass
+class TunnelPeer:
+    id: str
+    address: tuple[str, int]
+    identity: PeerIdentity
+    stream: TunnelStream
+    connected_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    async def send(self, message: Message) -> None:
+        await self.stream.send(message)
+
+
+class _NullSession:
+    async def on_message(self, message: Message) -> None:
+        log.debug("no handler for %s", type(message).__name__)
+
+    async def on_close(self, info: CloseInfo) -> None:
+        pass
+
+
+class _TrustCache:
+    """The SSL context and trust anchors, reloaded when the CA bundle or CRL changes (a revocation takes effect for the next connection)."""
+
+    def __init__(self, settings: TunnelSettings) -> None:
+        self._settings = settings
+        self._stamp: tuple[float, float] | None = None
+        self.context: ssl.SSLContext
+        self.trust: TrustAnchors
+        self.reload_if_changed()
+
+    def reload_if_changed(self) -> None:
+        s = self._settings
+        stamp = (s.ca_bundle.stat().st_mtime, s.crl.stat().st_mtime)
+        if stamp != self._stamp:
+            self.context = server_context(s.cert, s.key, s.ca_bundle, s.crl)
+            self.trust = TrustAnchors.load(s.ca_bundle, s.crl)
+            self._stamp = stamp
+            log.info("trust anchors loaded: CA bundle %s, CRL %s", s.ca_bundle, s.crl)
+
+
+class TunnelServer:
+    def __init__(
+        self,
+        settings: TunnelSettings,
+        session_factory: Callable[[TunnelPeer], ClientSession] | None = None,
+        *,
+        capabilities: tuple[str, ...] = (),
+    ) -> None:
+        self.settings = settings
+        self.peers: dict[str, TunnelPeer] = {}
+        self.refused: Counter[str] = Counter()
+        self._session_factory = session_factory or (lambda peer: _NullSession())
+        self._capabilities = capabilities
+        self._trust = _TrustCache(settings)  # fails at start on a bad file, not at the first client
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.settings.listen_host, self.settings.listen_port)
+        log.info("tunnel listening on %s:%d (TLS 1.3, client certificate required)", self.settings.listen_host, self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for peer in list(self.peers.values()):
+            await peer.stream.close(CloseCode.SERVER_SHUTDOWN, "server shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        conn_id = f"t{next(self._ids)}"
+        address = writer.get_extra_info("peername")[:2]
+        clog = logging.LoggerAdapter(log, {"conn": conn_id})
+        try:
+            await self._serve(conn_id, address, reader, writer, clog)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one tunnel's bug must not take the server down
+            clog.exception("[%s] tunnel from %s:%d failed", conn_id, *address)
+        finally:
+            self._tasks.discard(task)
+            if not writer.is_closing():
+                writer.close()
+
+    def _refuse(self, conn_id: str, address: tuple[str, int], reason: str, detail: str) -> None:
+        self.refused[reason] += 1
+        log.warning("[%s] refused %s:%d: %s (%s)", conn_id, address[0], address[1], reason, detail)
+
+    async def _serve(self, conn_id: str, address: tuple[str, int], reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter, clog: logging.LoggerAdapter[logging.Logger]) -> None:
+        if len(self.peers) >= self.settings.max_clients:
+            self._refuse(conn_id, address, "server-full", f"{self.settings.max_clients} clients connected")
+            return
+        try:
+            self._trust.reload_if_changed()
+        except Exception as exc:  # a broken CRL on disk: fail closed, keep serving others
+            self._refuse(conn_id, address, "trust-unavailable", str(exc))
+            return
+        try:
+            async with asyncio.timeout(self.settings.handshake_timeout):
+                await writer.start_tls(self._trust.context)
+        except TimeoutError:
+            self._refuse(conn_id, address, "handshake-timeout", f"no TLS handshake within {self.settings.handshake_timeout:g} s")
+            return
+        except (ssl.SSLError, ConnectionError, OSError) as exc:
+            self._refuse(conn_id, address, "tls-handshake-failed", describe_ssl_error(exc))
+            return
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        try:
+            identity = check_client_certificate(der, self._trust.trust, datetime.now(timezone.utc))
+        except CertificateRejected as exc:
+            self._refuse(conn_id, address, exc.reason, str(exc))
+            return
+        stream = TunnelStream(
+            reader, writer,
+            TunnelConnection(Role.SERVER, capabilities=self._capabilities, agent=AGENT, peer_info=identity.to_json()),
+            keepalive_interval=self.settings.keepalive_interval,
+            keepalive_timeout=self.settings.keepalive_timeout,
+            log=clog,
+        )
+        try:
+            hello = await stream.handshake(self.settings.hello_timeout)
+        except TunnelError as exc:
+            self._refuse(conn_id, address, exc.reason, f"{identity.subject}: {exc}")
+            return
+        peer = TunnelPeer(conn_id, address, identity, stream)
+        log.info("[%s] client connected from %s:%d: %s, SHA-256 %s, agent %r, protocol v%s",
+                 conn_id, address[0], address[1], identity.subject, identity.fingerprint_sha256,
+                 hello.agent, stream.connection.version)
+        session = self._session_factory(peer)
+        self.peers[conn_id] = peer
+        info = CloseInfo(CloseCode.INTERNAL_ERROR, "tunnel task ended", False)
+        try:
+            info = await stream.run(session.on_message)
+        finally:
+            self.peers.pop(conn_id, None)
+            log.info("[%s] client %s disconnected: %s", conn_id, identity.display_name, info.reason)
+            await session.on_close(info)

@@ -1,0 +1,65 @@
+"""stc-client settings (one TOML file, `stc-client --config PATH`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stc_wire.config import port_ok
+
+
+@dataclass
+class ServerSettings:
+    """The stc-server to tunnel to. `name` is what its certificate must say (default: host)."""
+
+    host: str = "localhost"
+    port: int = 5443
+    name: str = ""
+    connect_timeout: float = 10.0
+    keepalive_interval: float = 15.0
+    keepalive_timeout: float = 45.0
+    # After a lost or refused tunnel, retry with back-off up to this many seconds apart.
+    reconnect_max_delay: float = 30.0
+
+    @property
+    def expected_name(self) -> str:
+        return self.name or self.host
+
+    def validate(self) -> None:
+        if not port_ok(self.port):
+            raise ValueError(f"port: {self.port} is not a TCP port")
+        if self.keepalive_timeout <= self.keepalive_interval:
+            raise ValueError("keepalive_timeout: must be longer than keepalive_interval")
+
+
+@dataclass
+class IdentitySettings:
+    """This user's certificate and key, and the CA that must have signed the server's."""
+
+    cert: Path = Path("pki/users/alice.pem")
+    key: Path = Path("pki/users/alice.key")
+    ca_bundle: Path = Path("pki/ca.pem")
+
+
+@dataclass
+class SipSettings:
+    """Where the softphone sends its SIP (plain UDP, loopback only by default)."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 5060
+
+    def validate(self) -> None:
+        if not port_ok(self.listen_port):
+            raise ValueError(f"listen_port: {self.listen_port} is not a UDP port")
+
+
+@dataclass
+class ClientConfig:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    sip: SipSettings = field(default_factory=SipSettings)
+    log_level: str = "INFO"
+
+    def validate(self) -> None:
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level: {self.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
