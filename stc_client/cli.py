@@ -1,0 +1,46 @@
+"""`stc-client [--config PATH] [run|check]`: the tunnel end beside the softphone."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from stc_wire.cli_common import load_or_exit, run_until_signal, setup_logging
+
+from .app import ClientApp
+from .config import ClientConfig
+from .tunnel_client import TunnelRefused, open_tunnel
+
+
+async def _check(config: ClientConfig) -> int:
+    try:
+        tunnel = await open_tunnel(config)
+    except TunnelRefused as exc:
+        print(f"stc-client: tunnel refused ({exc.reason}): {exc}", file=sys.stderr)
+        return 1
+    server = tunnel.server_identity
+    me = (tunnel.own_identity or {}).get("display_name", "?")
+    print(f"tunnel up: server {server.subject} (SHA-256 {server.fingerprint_sha256}); the server knows us as {me}")
+    await tunnel.close("check done")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stc-client", description="stc client: secure tunnel for a local softphone")
+    parser.add_argument("--config", type=Path, help="TOML settings file (default: built-in demo settings)")
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "check"),
+                        help="run: serve the softphone (default); check: open the tunnel once and report")
+    args = parser.parse_args(argv)
+    config = load_or_exit("stc-client", ClientConfig, args.config)
+    setup_logging(config.log_level)
+    if args.command == "check":
+        return asyncio.run(_check(config))
+    app = ClientApp(config)
+    asyncio.run(run_until_signal(app.start, app.close))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

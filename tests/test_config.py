@@ -1,0 +1,79 @@
+"""Typed TOML settings: refusals name the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stc_asterisk.config import ServerConfig
+from stc_client.config import ClientConfig
+from stc_wire.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stc.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_the_local_demo() -> None:
+    server = load_config(ServerConfig, None)
+    client = load_config(ClientConfig, None)
+    assert server.tunnel.listen_port == client.server.port == 5443
+    assert client.sip.listen_host == "127.0.0.1" and client.sip.listen_port == 5060
+    assert server.asterisk.sip_port == 5080
+
+
+def test_values_and_relative_paths(tmp_path: Path) -> None:
+    path = write(tmp_path, '[tunnel]\nlisten_port = 6000\ncert = "certs/s.pem"\nkeepalive_interval = 5\n')
+    config = load_config(ServerConfig, path)
+    assert config.tunnel.listen_port == 6000
+    assert config.tunnel.cert == tmp_path / "certs/s.pem"
+    assert config.tunnel.keepalive_interval == 5.0
+    assert config.tunnel.key == tmp_path / "pki/server.key"  # defaults resolve next to the file too
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[tunnel]\nlisten_prot = 1\n", "unknown key 'tunnel.listen_prot'"),
+        ("[tunel]\n", "unknown key 'tunel'"),
+        ('[tunnel]\nlisten_port = "5443"\n', "'tunnel.listen_port' must be int"),
+        ("[tunnel]\nlisten_port = 70000\n", "tunnel.listen_port: 70000 is not a TCP port"),
+        ("[tunnel]\nkeepalive_interval = 50\n", "tunnel.keepalive_timeout"),
+        ("[tunnel]\ncert = 3\n", "'tunnel.cert' must be a path"),
+        ("tunnel = 3\n", "'tunnel' must be a table"),
+        ('log_level = "LOUD"\n', "log_level"),
+        ("[tunnel\n", "not valid TOML"),
+    ],
+)
+def test_bad_settings_name_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(ServerConfig, path)
+    assert needle in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(ClientConfig, tmp_path / "nope.toml")
+
+
+def test_client_expected_name_defaults_to_host(tmp_path: Path) -> None:
+    config = load_config(ClientConfig, write(tmp_path, '[server]\nhost = "pbx.example"\n'))
+    assert config.server.expected_name == "pbx.example"
+    config = load_config(ClientConfig, write(tmp_path, '[server]\nhost = "10.0.0.1"\nname = "pbx.example"\n'))
+    assert config.server.expected_name == "pbx.example"
+
+
+def test_cli_refuses_bad_config_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stc_asterisk.cli import main
+
+    path = write(tmp_path, "[asterisk]\nsip_prt = 1\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "asterisk.sip_prt" in err and str(path) in err
