@@ -53,6 +53,17 @@ class MediaSettings:
 
     wan_host: str = "127.0.0.1"
     pbx_host: str = "127.0.0.1"
+    # In order of preference; a client offering none of them is refused with the reason.
+    srtp_profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM")
+
+    def validate(self) -> None:
+        from stc_wire.srtp import SrtpProfile, UnknownSrtpProfile
+
+        for name in self.srtp_profiles:
+            try:
+                SrtpProfile.parse(name)
+            except UnknownSrtpProfile as exc:
+                raise ValueError(f"srtp_profiles: {exc}") from None
 
 
 @dataclass

@@ -9,11 +9,12 @@ with the reason; an accepted one with its subject and fingerprint.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,7 +84,7 @@ class TunnelServer:
     def __init__(
         self,
         settings: TunnelSettings,
-        session_factory: Callable[[TunnelPeer], ClientSession] | None = None,
+        session_factory: Callable[[TunnelPeer], ClientSession | Awaitable[ClientSession]] | None = None,
         *,
         capabilities: tuple[str, ...] = (),
     ) -> None:
@@ -182,7 +183,8 @@ class TunnelServer:
         log.info("[%s] client connected from %s:%d: %s, SHA-256 %s, agent %r, protocol v%s",
                  conn_id, address[0], address[1], identity.subject, identity.fingerprint_sha256,
                  hello.agent, stream.connection.version)
-        session = self._session_factory(peer)
+        made = self._session_factory(peer)
+        session = await made if inspect.isawaitable(made) else made
         self.peers[conn_id] = peer
         info = CloseInfo(CloseCode.INTERNAL_ERROR, "tunnel task ended", False)
         try:

@@ -54,10 +54,29 @@ class SipSettings:
 
 
 @dataclass
+class MediaSettings:
+    """SRTP profiles offered to the server, in order of preference."""
+
+    srtp_profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)
+
+    def validate(self) -> None:
+        from stc_wire.srtp import SrtpProfile, UnknownSrtpProfile
+
+        if not self.srtp_profiles:
+            raise ValueError("srtp_profiles: offer at least one profile")
+        for name in self.srtp_profiles:
+            try:
+                SrtpProfile.parse(name)
+            except UnknownSrtpProfile as exc:
+                raise ValueError(f"srtp_profiles: {exc}") from None
+
+
+@dataclass
 class ClientConfig:
     server: ServerSettings = field(default_factory=ServerSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     sip: SipSettings = field(default_factory=SipSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
     log_level: str = "INFO"
 
     def validate(self) -> None:

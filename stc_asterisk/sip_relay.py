@@ -1,0 +1,352 @@
+"""One tunnel's calls on the server: SIP to and from Asterisk, media keys, clean-up.
+
+Each client gets a UDP socket of its own towards Asterisk, so Asterisk sees a
+separate peer per client and sends in-dialog requests (a BYE from its side)
+back to the right tunnel. SDP is rewritten so Asterisk's RTP goes to the media
+relay; a call whose SDP cannot be rewritten is refused, never passed on with
+media in the clear. When the tunnel closes every call on it is hung up
+towards Asterisk and its ports are released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from stc_wire import messages as wire
+from stc_wire.media_keys import KeyAgreement, KeyAgreementError, ProfileMismatch, Side, negotiate_profile
+from stc_wire.sdp import RelayRefused, SdpError
+from stc_wire.sip import SipParseError, SipRequest, SipResponse, make_response, new_branch, parse_message
+from stc_wire.sip_proxy import (
+    is_initial_invite,
+    point_contact_at,
+    pop_own_via,
+    push_via,
+    request_user,
+    rewrite_sdp,
+    sdp_of,
+    strip_private_headers,
+)
+from stc_wire.srtp import SrtpProfile
+from stc_wire.stream import CloseInfo
+
+from .media import CallMediaPorts, MediaRelay
+from .tunnel_server import TunnelPeer
+
+if TYPE_CHECKING:
+    from .app import ServerApp
+
+log = logging.getLogger(__name__)
+TOKEN_HEADER = "X-STC-Token"
+
+
+@dataclass
+class ServerCall:
+    call_id: str
+    media_tag: str
+    ports: CallMediaPorts
+    profile: SrtpProfile
+    token: str = ""
+    room: str = ""
+    invite: SipRequest | None = None  # as sent to Asterisk (for CANCEL/BYE on tunnel loss)
+    to_tag: str | None = None
+    confirmed: bool = False
+    max_cseq: int = 0
+
+
+@dataclass
+class RefusedMedia:
+    reason: str
+
+
+class _AsteriskSide(asyncio.DatagramProtocol):
+    def __init__(self, owner: "TunnelCalls") -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.owner.from_asterisk(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("Asterisk-side socket error: %s", exc)
+
+
+@dataclass
+class SipCounters:
+    relayed_to_asterisk: int = 0
+    relayed_to_client: int = 0
+    malformed: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+class TunnelCalls:
+    """The ClientSession of one tunnel (see tunnel_server.ClientSession)."""
+
+    def __init__(self, app: "ServerApp", peer: TunnelPeer) -> None:
+        self.app = app
+        self.peer = peer
+        self.calls: dict[str, ServerCall] = {}
+        self.refused_media: dict[str, RefusedMedia] = {}
+        self.counters = SipCounters()
+        self._secret = secrets.token_hex(16)  # seeds our Via branches
+        self._transport: asyncio.DatagramTransport | None = None
+        self._local: tuple[str, int] = ("", 0)
+        self._send_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._log = logging.LoggerAdapter(log, {})
+
+    @property
+    def relay(self) -> MediaRelay:
+        return self.app.media
+
+    @property
+    def asterisk_address(self) -> tuple[str, int]:
+        cfg = self.app.config.asterisk
+        return (cfg.sip_host, cfg.sip_port)
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _AsteriskSide(self), local_addr=(self.app.config.media.pbx_host, 0))
+        self._transport = transport
+        self._local = transport.get_extra_info("sockname")[:2]
+        log.info("[%s] %s: SIP towards Asterisk from %s:%d", self.peer.id, self.peer.identity.display_name, *self._local)
+
+    # -- from the client ------------------------------------------------------
+    async def on_message(self, message: wire.Message) -> None:
+        if isinstance(message, wire.MediaOffer):
+            await self._media_offer(message)
+        elif isinstance(message, wire.SipMessage):
+            await self._sip_from_client(message.data)
+        elif isinstance(message, wire.MediaEnd):
+            self._release_by_stream(message.stream_id)
+        else:
+            log.debug("[%s] ignoring %s", self.peer.id, type(message).__name__)
+
+    async def _media_offer(self, offer: wire.MediaOffer) -> None:
+        try:
+            profile = negotiate_profile(offer.profiles, self.app.srtp_profiles)
+        except ProfileMismatch as exc:
+            log.warning("[%s] call %s refused: %s", self.peer.id, offer.call_id, exc)
+            self.refused_media[offer.call_id] = RefusedMedia(str(exc))
+            await self.peer.send(wire.MediaReject(offer.stream_id, str(exc)))
+            return
+        if offer.call_id in self.calls:
+            await self.peer.send(wire.MediaReject(offer.stream_id, "media already keyed for this call"))
+            return
+        agreement = KeyAgreement(Side.SERVER)
+        try:
+            keys = agreement.derive(offer.public_key, call_id=offer.call_id, stream_id=offer.stream_id, profile=profile)
+        except KeyAgreementError as exc:
+            self.refused_media[offer.call_id] = RefusedMedia(str(exc))
+            await self.peer.send(wire.MediaReject(offer.stream_id, str(exc)))
+            return
+        tag = f"{self.peer.id}/{offer.stream_id}"
+        try:
+            ports = await self.relay.open_call(tag, keys)
+        except OSError as exc:
+            self.refused_media[offer.call_id] = RefusedMedia(f"no media ports: {exc}")
+            await self.peer.send(wire.MediaReject(offer.stream_id, "server has no free media ports"))
+            return
+        self.calls[offer.call_id] = ServerCall(offer.call_id, tag, ports, profile)
+        await self.peer.send(wire.MediaAnswer(offer.stream_id, profile.value, agreement.public_bytes,
+                                              ports.wan_rtp_port, ports.wan_rtcp_port))
+
+    async def _sip_from_client(self, data: bytes) -> None:
+        try:
+            msg = parse_message(data)
+        except SipParseError as exc:
+            self.counters.malformed[str(exc.status)] += 1
+            log.warning("[%s] malformed SIP from client dropped: %s", self.peer.id, exc)
+            return
+        strip_private_headers(msg)
+        point_contact_at(msg, *self._local)
+        call = self.calls.get(msg.call_id)
+        if isinstance(msg, SipRequest):
+            if is_initial_invite(msg) and not await self._admit_invite(msg, call):
+                return
+            if not self._rewrite_sdp_to_asterisk(msg, call):
+                await self._refuse(msg, 488, "media cannot be relayed securely")
+                return
+            push_via(msg, *self._local, self._secret)
+            host, port = self.asterisk_address
+            msg.uri = _with_host_port(msg.uri, host, port)
+            if call is not None:
+                call.max_cseq = max(call.max_cseq, msg.cseq[0])
+                if msg.method == "INVITE" and msg.to_tag is None:
+                    call.invite = msg.copy()
+        else:
+            if not self._rewrite_sdp_to_asterisk(msg, call):
+                log.warning("[%s] client answered with SDP that cannot be relayed: dropped", self.peer.id)
+                return
+        self._send_to_asterisk(msg)
+        if isinstance(msg, SipRequest) and msg.method == "BYE":
+            self._release(msg.call_id, "BYE from the client")
+
+    async def _admit_invite(self, invite: SipRequest, call: ServerCall | None) -> bool:
+        refused = self.refused_media.pop(invite.call_id, None)
+        if refused is not None:
+            await self._refuse(invite, 488, refused.reason)
+            return False
+        if call is None:
+            await self._refuse(invite, 488, "no media keys were agreed for this call")
+            return False
+        if sdp_of_or_none(invite) is None:
+            await self._refuse(invite, 488, "stc needs an SDP offer in the INVITE")
+            self._release(invite.call_id, "INVITE without SDP")
+            return False
+        call.room = request_user(invite)
+        call.token = self.app.admissions.issue(self.peer, call.call_id, call.room) if self.app.admissions else ""
+        if call.token:
+            invite.set(TOKEN_HEADER, call.token)
+        log.info("[%s] %s calls room %s (Call-ID %s, %s)", self.peer.id, self.peer.identity.display_name,
+                 call.room, invite.call_id, call.profile.value)
+        return True
+
+    def _rewrite_sdp_to_asterisk(self, msg: SipRequest | SipResponse, call: ServerCall | None) -> bool:
+        try:
+            if sdp_of(msg) is None:
+                return True
+            if call is None:
+                self.counters.refused["sdp-without-keys"] += 1
+                return False
+            rewrite_sdp(msg, self.relay.pbx_host, call.ports.pbx_rtp_port, call.ports.pbx_rtcp_port)
+            return True
+        except (RelayRefused, SdpError) as exc:
+            self.counters.refused["sdp"] += 1
+            log.warning("[%s] SDP from client refused (Call-ID %s): %s", self.peer.id, msg.call_id, exc)
+            return False
+
+    async def _refuse(self, request: SipRequest, status: int, why: str) -> None:
+        self.counters.refused[str(status)] += 1
+        log.warning("[%s] %s refused with %d: %s", self.peer.id, request.method, status, why)
+        if request.method == "ACK":
+            return
+        response = make_response(request, status, headers=[("Warning", f'399 stc "{why}"')])
+        await self._send_to_client(response.to_bytes())
+
+    def _send_to_asterisk(self, msg: SipRequest | SipResponse) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._transport.sendto(msg.to_bytes(), self.asterisk_address)
+        self.counters.relayed_to_asterisk += 1
+
+    # -- from Asterisk --------------------------------------------------------
+    def from_asterisk(self, data: bytes, addr: tuple[str, int]) -> None:
+        if data.strip() == b"":
+            return  # keep-alive
+        try:
+            msg = parse_message(data)
+        except SipParseError as exc:
+            self.counters.malformed["asterisk"] += 1
+            log.warning("[%s] malformed SIP from Asterisk %s:%d dropped: %s", self.peer.id, *addr, exc)
+            return
+        call = self.calls.get(msg.call_id)
+        if isinstance(msg, SipResponse):
+            if not pop_own_via(msg, *self._local):
+                log.warning("[%s] response from Asterisk not for us (top Via) dropped", self.peer.id)
+                return
+            self._track_response(msg, call)
+        elif msg.method == "BYE":
+            # Asterisk hangs up: the client still gets the BYE; media ends with it.
+            asyncio.get_running_loop().call_soon(self._release, msg.call_id, "BYE from Asterisk")
+        if call is not None:
+            try:
+                endpoint = rewrite_sdp(msg, self.relay.wan_host, call.ports.wan_rtp_port, call.ports.wan_rtcp_port)
+            except (RelayRefused, SdpError) as exc:
+                log.error("[%s] Asterisk SDP cannot be relayed (Call-ID %s): %s", self.peer.id, msg.call_id, exc)
+                return
+            if endpoint is not None:
+                self.relay.set_asterisk_media(call.media_tag, endpoint.address, endpoint.rtp_port, endpoint.rtcp_port)
+        self._spawn(self._send_to_client(msg.to_bytes()))
+
+    def _track_response(self, response: SipResponse, call: ServerCall | None) -> None:
+        number, method = response.cseq
+        if call is None:
+            return
+        if method == "INVITE" and response.status >= 200:
+            if 200 <= response.status < 300:
+                call.confirmed = True
+                call.to_tag = response.to_tag
+                if call.invite is not None and response.to_tag:
+                    call.invite.set("To", response.get("To") or "")
+            elif not call.confirmed:
+                self._release(call.call_id, f"call failed with {response.status}")
+
+    async def _send_to_client(self, data: bytes) -> None:
+        try:
+            await self.peer.send(wire.SipMessage(data))
+            self.counters.relayed_to_client += 1
+        except Exception as exc:  # the tunnel is going away; on_close cleans up
+            log.debug("[%s] cannot send to client: %s", self.peer.id, exc)
+
+    def _spawn(self, coro: "asyncio.Future[None] | asyncio.coroutines.Coroutine[None, None, None]") -> None:  # type: ignore[name-defined]
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- clean-up ------------------------------------------------------------
+    def _release(self, call_id: str, why: str) -> None:
+        call = self.calls.pop(call_id, None)
+        if call is None:
+            return
+        self.relay.close_call(call.media_tag)
+        if self.app.admissions and call.token:
+            self.app.admissions.release(call.token)
+        log.info("[%s] call %s ended (%s); media released", self.peer.id, call_id, why)
+
+    def _release_by_stream(self, stream_id: str) -> None:
+        for call in list(self.calls.values()):
+            if call.media_tag.endswith("/" + stream_id):
+                self._release(call.call_id, "client ended the media stream")
+
+    def _hang_up_towards_asterisk(self, call: ServerCall) -> None:
+        invite = call.invite
+        if invite is None:
+            return
+        if call.confirmed:
+            bye = SipRequest("BYE", invite.uri, [])
+            bye.append("Via", invite.get_all("Via")[0].split(";branch=")[0] + f";branch={new_branch()};rport")
+            bye.append("Max-Forwards", "70")
+            bye.append("From", invite.get("From") or "")
+            bye.append("To", invite.get("To") or "")
+            bye.append("Call-ID", call.call_id)
+            bye.append("CSeq", f"{call.max_cseq + 1} BYE")
+            bye.append("Reason", 'Q.850;cause=16;text="stc tunnel closed"')
+            self._send_to_asterisk(bye)
+        else:
+            cancel = SipRequest("CANCEL", invite.uri, [])
+            cancel.append("Via", invite.get_all("Via")[0])
+            cancel.append("Max-Forwards", "70")
+            cancel.append("From", invite.get("From") or "")
+            cancel.append("To", (invite.get("To") or "").split(";tag=")[0])
+            cancel.append("Call-ID", call.call_id)
+            cancel.append("CSeq", f"{invite.cseq[0]} CANCEL")
+            self._send_to_asterisk(cancel)
+
+    async def on_close(self, info: CloseInfo) -> None:
+        for call in list(self.calls.values()):
+            self._hang_up_towards_asterisk(call)
+            self._release(call.call_id, f"tunnel closed: {info.reason}")
+        for task in list(self._tasks):
+            task.cancel()
+        # Let Asterisk's answer to our BYE arrive before the socket goes (it is ignored).
+        await asyncio.sleep(0.2)
+        if self._transport is not None:
+            self._transport.close()
+
+
+def sdp_of_or_none(msg: SipRequest | SipResponse) -> object | None:
+    try:
+        return sdp_of(msg)
+    except SdpError:
+        return None
+
+
+def _with_host_port(uri: str, host: str, port: int) -> str:
+    from stc_wire.sip import uri_with_host_port
+
+    return uri_with_host_port(uri, host, port)

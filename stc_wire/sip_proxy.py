@@ -1,0 +1,83 @@
+"""Pure rewriting steps that both stc proxies apply to SIP passing through them.
+
+Each side of the tunnel acts as a small stateless proxy towards its local party
+(softphone or Asterisk): it puts its own Via on requests it sends there and
+takes it off the responses, points Contact at its own socket so in-dialog
+requests come back through it, and rewrites SDP so media goes to its relay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .sdp import AudioEndpoint, SessionDescription, SdpError, audio_endpoint, rewrite_for_relay
+from .sip import BRANCH_MAGIC_COOKIE, SipMessage, SipRequest, SipResponse, make_via, parse_name_addr, parse_via
+
+SDP_TYPE = "application/sdp"
+# Headers a client may never set: the server's per-call admission token travels in them.
+PRIVATE_HEADER_PREFIX = "x-stc-"
+
+
+def proxy_branch(secret: str, incoming_branch: str | None, method: str) -> str:
+    """A branch derived from the incoming one, so a CANCEL or non-2xx ACK matches its INVITE's branch."""
+    # ACK and CANCEL share the INVITE's branch (RFC 3261 9.1, 17.1.1.3); other requests don't need to.
+    seed = f"{secret}|{incoming_branch or ''}|{'INVITE' if method in ('ACK', 'CANCEL') else method}"
+    return BRANCH_MAGIC_COOKIE + "stc" + hashlib.sha256(seed.encode()).hexdigest()[:24]
+
+
+def push_via(request: SipRequest, host: str, port: int, secret: str) -> None:
+    top = request.top_via_branch
+    request.prepend("Via", str(make_via(host, port, proxy_branch(secret, top, request.method))))
+
+
+def pop_own_via(response: SipResponse, host: str, port: int) -> bool:
+    """Remove our Via from a response; False if the top Via is not ours (then drop the response)."""
+    top = parse_via(response.get_all("Via")[0])
+    if top.host != host or top.port != port:
+        return False
+    response.pop_first_value("Via")
+    return True
+
+
+def point_contact_at(message: SipMessage, host: str, port: int) -> None:
+    contact = message.get("Contact")
+    if contact is None or contact.strip() == "*":
+        return
+    message.set("Contact", str(parse_name_addr(contact).with_host_port(host, port)))
+
+
+def strip_private_headers(message: SipMessage) -> int:
+    names = {name for name, _ in message.headers if name.lower().startswith(PRIVATE_HEADER_PREFIX)}
+    return sum(message.remove(name) for name in names)
+
+
+def sdp_of(message: SipMessage) -> SessionDescription | None:
+    """The message's SDP body, if it has one. Raises SdpError if it claims SDP and is not."""
+    if not message.body:
+        return None
+    content_type = (message.content_type or "").split(";")[0].strip().lower()
+    if content_type != SDP_TYPE:
+        raise SdpError(f"body of type {content_type or 'unknown'!r} where SDP was expected")
+    return SessionDescription.from_bytes(message.body)
+
+
+def rewrite_sdp(message: SipMessage, host: str, rtp_port: int, rtcp_port: int) -> AudioEndpoint | None:
+    """Point the message's SDP at our relay; returns where the sender wanted media. RelayRefused propagates."""
+    sd = sdp_of(message)
+    if sd is None:
+        return None
+    endpoint = audio_endpoint(sd)
+    rewritten = rewrite_for_relay(sd, address=host, port=rtp_port, rtcp_port=rtcp_port)
+    message.set_body(rewritten.to_bytes(), SDP_TYPE)
+    return endpoint
+
+
+def is_initial_invite(message: SipMessage) -> bool:
+    return isinstance(message, SipRequest) and message.method == "INVITE" and message.to_tag is None
+
+
+def request_user(request: SipRequest) -> str:
+    """The user part of the Request-URI: the conference room dialled."""
+    uri = request.uri
+    after_scheme = uri.split(":", 1)[1] if ":" in uri else uri
+    return after_scheme.split("@", 1)[0] if "@" in after_scheme else ""

@@ -1,0 +1,449 @@
+"""Client media and server relay on loopback with real UDP sockets, in one event loop.
+
+softphone <-> ClientMedia <-> WireTap <-> MediaRelay <-> fake Asterisk
+
+The tap sits on the wire between client and server: it records every SRTP packet and can alter,
+replay or re-route them, as an attacker on the network (or a NAT) would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from stc_asterisk.media import MediaRelay, UnknownCall
+from stc_client.media import ClientMedia
+from stc_wire.media_keys import CallKeys, KeyAgreement, Side
+from stc_wire.rtp import RelayStats, bind_udp_pair
+from stc_wire.srtp import SrtpDropped, SrtpProfile, SrtpUnprotector
+
+HOST = "127.0.0.1"
+WAIT = 2.0  # seconds any single expected packet or counter may take on a busy 2-core box
+
+
+def rtp_packet(seq: int, *, payload_type: int, ssrc: int, payload: bytes) -> bytes:
+    return struct.pack("!BBHII", 0x80, payload_type, seq, seq * 160, ssrc) + payload
+
+
+def rtcp_receiver_report(ssrc: int) -> bytes:
+    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)  # RR with no report blocks
+
+
+def call_keys(profile: SrtpProfile, call_id: str = "call-1@test") -> CallKeys:
+    client, server = KeyAgreement(Side.CLIENT), KeyAgreement(Side.SERVER)
+    keys = client.derive(server.public_bytes, call_id=call_id, stream_id="1", profile=profile)
+    assert keys == server.derive(client.public_bytes, call_id=call_id, stream_id="1", profile=profile)
+    return keys
+
+
+async def recv(sock: socket.socket) -> tuple[bytes, tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.sock_recvfrom(sock, 4096), WAIT)
+
+
+async def nothing_arrives(sock: socket.socket, within: float = 0.2) -> bool:
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(sock, 4096), within)
+    except asyncio.TimeoutError:
+        return True
+    return False
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+class _TapSide(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.on_datagram(data, addr)
+
+
+@dataclass
+class WireTap:
+    """One UDP flow (RTP or RTCP) between client and server, recorded and steerable."""
+
+    server_address: tuple[str, int]
+    to_server: list[bytes] = field(default_factory=list)
+    to_client: list[bytes] = field(default_factory=list)
+    tamper: Callable[[bytes], bytes] | None = None  # applied once to the next client->server packet
+    client_address: tuple[str, int] | None = None
+    client_side: asyncio.DatagramTransport | None = None
+    server_side: asyncio.DatagramTransport | None = None
+    server_sides: list[asyncio.DatagramTransport] = field(default_factory=list)
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.client_side, _ = await loop.create_datagram_endpoint(
+            lambda: _TapSide(self._from_client), local_addr=(HOST, 0)
+        )
+        await self.new_server_side()
+        return int(self.client_side.get_extra_info("sockname")[1])
+
+    async def new_server_side(self) -> tuple[str, int]:
+        """Talk to the server from a new source port from now on, as after a NAT rebinding."""
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _TapSide(self._from_server), local_addr=(HOST, 0)
+        )
+        self.server_side = transport
+        self.server_sides.append(transport)
+        return transport.get_extra_info("sockname")  # type: ignore[no-any-return]
+
+    def _from_client(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.client_address = addr
+        self.to_server.append(data)
+        if self.tamper is not None:
+            data, self.tamper = self.tamper(data), None
+        assert self.server_side is not None
+        self.server_side.sendto(data, self.server_address)
+
+    def _from_server(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.to_client.append(data)
+        if self.client_address is not None and self.client_side is not None:
+            self.client_side.sendto(data, self.client_address)
+
+    def inject_to_server(self, data: bytes) -> None:
+        assert self.server_side is not None
+        self.server_side.sendto(data, self.server_address)
+
+    def inject_to_client(self, data: bytes) -> None:
+        assert self.client_side is not None and self.client_address is not None
+        self.client_side.sendto(data, self.client_address)
+
+    def close(self) -> None:
+        for transport in [self.client_side, *self.server_sides]:
+            if transport is not None:
+                transport.close()
+
+
+@dataclass
+class Rig:
+    relay: MediaRelay
+    client: ClientMedia
+    keys: CallKeys
+    softphone_rtp: socket.socket
+    softphone_rtcp: socket.socket
+    asterisk_rtp: socket.socket
+    asterisk_rtcp: socket.socket
+    tap_rtp: WireTap
+    tap_rtcp: WireTap
+    softphone_ports: tuple[int, int]
+    pbx_ports: tuple[int, int]
+    wan_ports: tuple[int, int]
+
+    def server_stats(self) -> RelayStats:
+        return self.relay.stats("c1")
+
+    def client_stats(self) -> RelayStats:
+        return self.client.stats("c1")
+
+    async def softphone_says(self, seq: int, payload_type: int = 0) -> tuple[bytes, bytes]:
+        """RTP from the softphone; returns (sent, what Asterisk received)."""
+        packet = rtp_packet(seq, payload_type=payload_type, ssrc=0x11111111, payload=os.urandom(160))
+        self.softphone_rtp.sendto(packet, (HOST, self.softphone_ports[0]))
+        data, _ = await recv(self.asterisk_rtp)
+        return packet, data
+
+    async def asterisk_says(self, seq: int, payload_type: int = 0) -> tuple[bytes, bytes]:
+        packet = rtp_packet(seq, payload_type=payload_type, ssrc=0x22222222, payload=os.urandom(160))
+        self.asterisk_rtp.sendto(packet, (HOST, self.pbx_ports[0]))
+        data, _ = await recv(self.softphone_rtp)
+        return packet, data
+
+
+@asynccontextmanager
+async def rig(profile: SrtpProfile = SrtpProfile.AES_CM_128_HMAC_SHA1_80) -> AsyncIterator[Rig]:
+    keys = call_keys(profile)
+    relay = MediaRelay(wan_host=HOST, pbx_host=HOST)
+    client = ClientMedia(HOST, wan_bind_host=HOST)
+    softphone_rtp, softphone_rtcp = bind_udp_pair(HOST)
+    asterisk_rtp, asterisk_rtcp = bind_udp_pair(HOST)
+    taps: list[WireTap] = []
+    try:
+        ports = await relay.open_call("c1", keys)
+        relay.set_asterisk_media("c1", HOST, asterisk_rtp.getsockname()[1], asterisk_rtcp.getsockname()[1])
+        tap_rtp = WireTap((HOST, ports.wan_rtp_port))
+        tap_rtcp = WireTap((HOST, ports.wan_rtcp_port))
+        taps += [tap_rtp, tap_rtcp]
+        tap_rtp_port, tap_rtcp_port = await tap_rtp.start(), await tap_rtcp.start()
+        local = await client.open_call("c1")
+        client.install_keys("c1", keys, tap_rtp_port, tap_rtcp_port)
+        yield Rig(
+            relay=relay,
+            client=client,
+            keys=keys,
+            softphone_rtp=softphone_rtp,
+            softphone_rtcp=softphone_rtcp,
+            asterisk_rtp=asterisk_rtp,
+            asterisk_rtcp=asterisk_rtcp,
+            tap_rtp=tap_rtp,
+            tap_rtcp=tap_rtcp,
+            softphone_ports=(local.softphone_rtp_port, local.softphone_rtcp_port),
+            pbx_ports=(ports.pbx_rtp_port, ports.pbx_rtcp_port),
+            wan_ports=(ports.wan_rtp_port, ports.wan_rtcp_port),
+        )
+    finally:
+        relay.close()
+        client.close()
+        for tap in taps:
+            tap.close()
+        for sock in (softphone_rtp, softphone_rtcp, asterisk_rtp, asterisk_rtcp):
+            sock.close()
+
+
+@pytest.mark.parametrize("profile", list(SrtpProfile))
+async def test_rtp_both_ways_arrives_intact_and_is_encrypted_on_the_wire(profile: SrtpProfile) -> None:
+    async with rig(profile) as r:
+        assert r.pbx_ports[0] % 2 == 0 and r.pbx_ports[1] == r.pbx_ports[0] + 1
+        assert r.wan_ports[0] % 2 == 0 and r.wan_ports[1] == r.wan_ports[0] + 1
+        assert r.softphone_ports[0] % 2 == 0 and r.softphone_ports[1] == r.softphone_ports[0] + 1
+
+        sent_up, got_up = [], []
+        sent_down, got_down = [], []
+        for seq, payload_type in zip(range(1, 7), [0, 8, 0, 8, 0, 8]):  # PCMU and PCMA
+            sent, got = await r.softphone_says(seq, payload_type)
+            sent_up.append(sent)
+            got_up.append(got)
+            sent, got = await r.asterisk_says(seq, payload_type)
+            sent_down.append(sent)
+            got_down.append(got)
+        assert got_up == sent_up
+        assert got_down == sent_down
+
+        on_wire = r.tap_rtp.to_server + r.tap_rtp.to_client
+        assert len(r.tap_rtp.to_server) == 6 and len(r.tap_rtp.to_client) == 6
+        other = call_keys(profile, call_id="another-call@test")
+        eavesdropper_up = SrtpUnprotector(profile, other.client_to_server_srtp, other.client_to_server_srtcp)
+        eavesdropper_down = SrtpUnprotector(profile, other.server_to_client_srtp, other.server_to_client_srtcp)
+        for plain, secure in zip(sent_up + sent_down, r.tap_rtp.to_server + r.tap_rtp.to_client):
+            assert secure != plain
+            assert plain[12:] not in secure  # the payload is not carried in clear
+            assert secure[:12] == plain[:12]  # SRTP keeps the RTP header readable
+        for secure in r.tap_rtp.to_server:
+            with pytest.raises(SrtpDropped) as dropped:
+                eavesdropper_up.unprotect_rtp(secure)
+            assert dropped.value.reason.value == "auth"
+        for secure in r.tap_rtp.to_client:
+            with pytest.raises(SrtpDropped):
+                eavesdropper_down.unprotect_rtp(secure)
+        assert len(on_wire) == 12
+
+        server, client = r.server_stats(), r.client_stats()
+        assert (server.inbound_packets, server.outbound_packets) == (6, 6)
+        assert (client.inbound_packets, client.outbound_packets) == (6, 6)
+        assert server.drops == 0 and client.drops == 0
+        assert server.inbound_bytes == sum(map(len, r.tap_rtp.to_server))
+
+
+async def test_rtcp_both_ways() -> None:
+    async with rig() as r:
+        up = rtcp_receiver_report(0x11111111)
+        r.softphone_rtcp.sendto(up, (HOST, r.softphone_ports[1]))
+        assert (await recv(r.asterisk_rtcp))[0] == up
+        down = rtcp_receiver_report(0x22222222)
+        r.asterisk_rtcp.sendto(down, (HOST, r.pbx_ports[1]))
+        assert (await recv(r.softphone_rtcp))[0] == down
+        assert r.tap_rtcp.to_server[0] != up and r.tap_rtcp.to_client[0] != down
+        # SRTCP is keyed apart from SRTP: the RTP key does not open it.
+        rtp_key_only = SrtpUnprotector(r.keys.profile, r.keys.client_to_server_srtp, r.keys.client_to_server_srtp)
+        with pytest.raises(SrtpDropped):
+            rtp_key_only.unprotect_rtcp(r.tap_rtcp.to_server[0])
+        assert r.server_stats().inbound_packets == 1 and r.server_stats().outbound_packets == 1
+
+
+async def test_asterisk_media_before_the_client_is_latched_is_dropped() -> None:
+    async with rig() as r:
+        r.asterisk_rtp.sendto(rtp_packet(1, payload_type=0, ssrc=5, payload=bytes(160)), (HOST, r.pbx_ports[0]))
+        await until(lambda: r.server_stats().no_destination_drops == 1)
+        assert r.tap_rtp.to_client == []
+        await r.softphone_says(1)  # latches the client
+        _, got = await r.asterisk_says(2)
+        assert got[2:4] == b"\x00\x02"
+
+
+async def test_flipped_byte_is_dropped_as_auth_failure() -> None:
+    async with rig() as r:
+        await r.softphone_says(1)
+        r.tap_rtp.tamper = lambda packet: packet[:40] + bytes([packet[40] ^ 0x01]) + packet[41:]
+        packet = rtp_packet(2, payload_type=0, ssrc=0x11111111, payload=bytes(160))
+        r.softphone_rtp.sendto(packet, (HOST, r.softphone_ports[0]))
+        await until(lambda: r.server_stats().auth_drops == 1)
+        assert await nothing_arrives(r.asterisk_rtp)
+        _, got = await r.softphone_says(3)  # the flow goes on
+        assert got[2:4] == b"\x00\x03"
+        assert r.server_stats().replay_drops == 0
+
+        # Downstream too: the client refuses a corrupted packet from the server.
+        await r.asterisk_says(1)
+        genuine = r.tap_rtp.to_client[-1]
+        r.asterisk_rtp.sendto(rtp_packet(2, payload_type=0, ssrc=0x22222222, payload=bytes(160)), (HOST, r.pbx_ports[0]))
+        await until(lambda: len(r.tap_rtp.to_client) == 2)
+        assert await recv(r.softphone_rtp)
+        forged = genuine[:-1] + bytes([genuine[-1] ^ 0x80])
+        forged = forged[:2] + b"\x00\x09" + forged[4:]  # an unseen index, so auth is what fails
+        r.tap_rtp.inject_to_client(forged)
+        await until(lambda: r.client_stats().auth_drops == 1)
+        assert await nothing_arrives(r.softphone_rtp)
+
+
+async def test_resent_old_packet_is_dropped_as_replay() -> None:
+    async with rig() as r:
+        for seq in (1, 2, 3):
+            await r.softphone_says(seq)
+        r.tap_rtp.inject_to_server(r.tap_rtp.to_server[0])
+        await until(lambda: r.server_stats().replay_drops == 1)
+        assert await nothing_arrives(r.asterisk_rtp)
+        assert r.server_stats().auth_drops == 0
+
+        await r.asterisk_says(1)
+        r.tap_rtp.inject_to_client(r.tap_rtp.to_client[0])
+        await until(lambda: r.client_stats().replay_drops == 1)
+        assert await nothing_arrives(r.softphone_rtp)
+
+
+async def test_client_address_follows_authentic_packets_only() -> None:
+    async with rig() as r:
+        await r.softphone_says(1)
+        first_side = r.tap_rtp.server_side
+        assert first_side is not None
+
+        # A stranger's packet (not authentic) from a new address moves nothing.
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind((HOST, 0))
+        try:
+            forged = r.tap_rtp.to_server[0]
+            stranger.sendto(forged[:2] + b"\x00\x06" + forged[4:12] + os.urandom(170), (HOST, r.wan_ports[0]))
+            stranger.sendto(forged[:2] + b"\x00\x07" + forged[4:], (HOST, r.wan_ports[0]))
+            await until(lambda: r.server_stats().auth_drops == 2)
+            await r.asterisk_says(1)  # still reaches the client through the first address
+            assert await nothing_arrives(stranger, 0.05)
+        finally:
+            stranger.close()
+
+        # The client's NAT mapping changes: an authentic packet from the new address re-latches.
+        new_address = await r.tap_rtp.new_server_side()
+        _, got = await r.softphone_says(2)
+        assert got[2:4] == b"\x00\x02"
+        before = len(r.tap_rtp.to_client)
+        _, got = await r.asterisk_says(2)
+        assert got[2:4] == b"\x00\x02"
+        assert len(r.tap_rtp.to_client) == before + 1
+        assert r.relay._calls["c1"].client_rtp.address == new_address  # noqa: SLF001
+
+
+async def test_plain_packets_from_strangers_are_dropped() -> None:
+    async with rig() as r:
+        await r.softphone_says(1)
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind((HOST, 0))
+        try:
+            packet = rtp_packet(9, payload_type=0, ssrc=9, payload=bytes(160))
+            stranger.sendto(packet, (HOST, r.pbx_ports[0]))  # not Asterisk's SDP address
+            stranger.sendto(packet, (HOST, r.softphone_ports[0]))  # not the latched softphone
+            await until(lambda: r.server_stats().unknown_source_drops == 1)
+            await until(lambda: r.client_stats().unknown_source_drops == 1)
+        finally:
+            stranger.close()
+        assert len(r.tap_rtp.to_server) == 1 and r.tap_rtp.to_client == []
+
+
+async def test_unkeyed_softphone_rtp_is_dropped_and_never_sent() -> None:
+    sniffer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sniffer.bind((HOST, 0))
+    sniffer.setblocking(False)
+    client = ClientMedia(HOST, wan_bind_host=HOST)
+    softphone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    softphone.bind((HOST, 0))
+    try:
+        ports = await client.open_call("early")
+        for seq in range(3):
+            softphone.sendto(rtp_packet(seq, payload_type=0, ssrc=1, payload=bytes(160)), (HOST, ports.softphone_rtp_port))
+        await until(lambda: client.stats("early").unkeyed_drops == 3)
+        assert client.stats("early").outbound_packets == 0
+        # Keys arrive: from now on RTP goes out, protected.
+        client.install_keys("early", call_keys(SrtpProfile.AES_CM_128_HMAC_SHA1_80), sniffer.getsockname()[1], 9)
+        softphone.sendto(rtp_packet(4, payload_type=0, ssrc=1, payload=bytes(160)), (HOST, ports.softphone_rtp_port))
+        data, _ = await recv(sniffer)
+        assert len(data) == 172 + 10 and data[12:172] != bytes(160)
+        assert await nothing_arrives(sniffer, 0.05)  # the three early packets were not held back
+    finally:
+        client.close()
+        sniffer.close()
+        softphone.close()
+
+
+async def test_close_call_releases_ports_and_is_idempotent() -> None:
+    async with rig() as r:
+        await r.softphone_says(1)
+        server_ports = [*r.pbx_ports, *r.wan_ports]
+        client_ports = list(r.softphone_ports)
+        r.relay.close_call("c1")
+        r.relay.close_call("c1")
+        r.client.close_call("c1")
+        r.client.close_call("c1")
+        with pytest.raises(UnknownCall, match="no open media call 'c1'"):
+            r.relay.stats("c1")
+        with pytest.raises(UnknownCall):
+            r.relay.set_asterisk_media("c1", HOST, 4000, 4001)
+        assert r.relay.stats().inbound_packets == 1  # totals keep closed calls
+        for port in server_ports:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe.bind((HOST, port))
+            probe.close()
+
+        async def client_ports_free() -> None:
+            for port in client_ports:
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    probe.bind((HOST, port))
+                finally:
+                    probe.close()
+
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while True:  # asyncio closes transports on its next iteration
+            try:
+                await client_ports_free()
+                break
+            except OSError:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.005)
+
+
+async def test_open_call_twice_is_refused_and_many_calls_get_distinct_ports() -> None:
+    relay = MediaRelay(wan_host=HOST)
+    try:
+        keys = call_keys(SrtpProfile.AEAD_AES_128_GCM)
+        seen: set[int] = set()
+        for n in range(20):
+            ports = await relay.open_call(f"c{n}", keys)
+            new = {ports.wan_rtp_port, ports.wan_rtcp_port, ports.pbx_rtp_port, ports.pbx_rtcp_port}
+            assert len(new) == 4 and not new & seen
+            seen |= new
+        with pytest.raises(ValueError, match="already open"):
+            await relay.open_call("c0", keys)
+        assert relay.open_calls == 20
+    finally:
+        relay.close()
+    assert relay.open_calls == 0
+
+
+async def test_port_range_is_respected() -> None:
+    relay = MediaRelay(wan_host=HOST, wan_ports=range(41000, 41100), pbx_ports=range(41101, 41200))
+    try:
+        ports = await relay.open_call("c", call_keys(SrtpProfile.AES_CM_128_HMAC_SHA1_80))
+        assert 41000 <= ports.wan_rtp_port < 41100 and ports.wan_rtp_port % 2 == 0
+        assert 41102 <= ports.pbx_rtp_port < 41200 and ports.pbx_rtp_port % 2 == 0
+    finally:
+        relay.close()
