@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from stc_wire import messages as wire
-from stc_wire.media_keys import KeyAgreement, KeyAgreementError, ProfileMismatch, Side, negotiate_profile
+from stc_wire.media_keys import CallKeys, KeyAgreement, KeyAgreementError, ProfileMismatch, Side, negotiate_profile
 from stc_wire.sdp import RelayRefused, SdpError
 from stc_wire.sip import SipParseError, SipRequest, SipResponse, make_response, new_branch, parse_message
 from stc_wire.sip_proxy import (
@@ -50,6 +50,7 @@ class ServerCall:
     media_tag: str
     ports: CallMediaPorts
     profile: SrtpProfile
+    keys: CallKeys
     token: str = ""
     room: str = ""
     invite: SipRequest | None = None  # as sent to Asterisk (for CANCEL/BYE on tunnel loss)
@@ -151,7 +152,7 @@ class TunnelCalls:
             self.refused_media[offer.call_id] = RefusedMedia(f"no media ports: {exc}")
             await self.peer.send(wire.MediaReject(offer.stream_id, "server has no free media ports"))
             return
-        self.calls[offer.call_id] = ServerCall(offer.call_id, tag, ports, profile)
+        self.calls[offer.call_id] = ServerCall(offer.call_id, tag, ports, profile, keys)
         await self.peer.send(wire.MediaAnswer(offer.stream_id, profile.value, agreement.public_bytes,
                                               ports.wan_rtp_port, ports.wan_rtcp_port))
 

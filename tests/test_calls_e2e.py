@@ -95,3 +95,134 @@ async def test_tunnel_loss_mid_call_hangs_up_both_sides(asterisk_lab: str, pki: 
         assert await alice.wait_async(20) == 0, alice.describe()  # the softphone got a BYE
         await wait_until(lambda: stack.server.media.open_calls == 0, 5, "server media released")
         await wait_until(lambda: not stack.clients["alice"].softphone.calls, 5, "client call released")
+
+
+async def test_eavesdropper_on_the_wan_hop_learns_nothing(asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+    """Everything between clients and server (127.0.0.2) is captured: no SIP text, no RTP, no audio bytes;
+    every datagram is SRTP/SRTCP that authenticates with its own call's keys and no other's."""
+    audio = g711a_payloads(G711A_PCAP)
+    with Capture(f"host {WAN_HOST}") as wire:
+        async with stc_stack(pki, ("alice", "bob")) as stack, AmiClient() as ami:
+            since = ami.mark()
+            talker = caller(sipp_callers, stack, "alice", codec=Codec.PCMA, play_audio=True, hold_ms=8000)
+            listener = caller(sipp_callers, stack, "bob", codec=Codec.PCMA, hold_ms=8000)
+            listener.start()
+            talker.start()
+            await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
+            await wait_until(lambda: sum(len(s.calls) for s in stack.server.sessions.values()) == 2, 10, "two keyed calls")
+            calls = [call for session in stack.server.sessions.values() for call in session.calls.values()]
+            for c in (talker, listener):
+                assert await c.wait_async(30) == 0, c.describe()
+    packets = wire.packets()
+    wire.cleanup()
+    blob = b"".join(p.payload for p in packets)
+    assert len([p for p in packets if p.proto == "tcp" and p.payload]) > 5
+    for needle in (b"SIP/2.0", b"INVITE", b"sip:", b"m=audio", b"Alice"):
+        assert needle not in blob, f"plaintext {needle!r} on the wire"
+    leaked = [chunk for payload in audio for chunk in (payload[i:i + 16] for i in range(0, 240, 16)) if chunk in blob]
+    assert not leaked, f"{len(leaked)} chunks of the played audio appear on the wire"
+
+    udp = [p for p in packets if p.proto == "udp"]
+    assert len(udp) > 300, f"only {len(udp)} media datagrams captured"
+    by_port = {}
+    for call in calls:
+        k = call.keys
+        by_port[call.ports.wan_rtp_port] = (call, "rtp", SrtpUnprotector(k.profile, k.client_to_server_srtp, k.client_to_server_srtcp),
+                                            SrtpUnprotector(k.profile, k.server_to_client_srtp, k.server_to_client_srtcp))
+        by_port[call.ports.wan_rtcp_port] = (call, "rtcp", *by_port[call.ports.wan_rtp_port][2:])
+    authenticated = 0
+    for p in udp:
+        to_server = p.dst[1] in by_port
+        call, kind, c2s, s2c = by_port[p.dst[1] if to_server else p.src[1]]
+        unprotector = c2s if to_server else s2c
+        plain = unprotector.unprotect_rtp(p.payload) if kind == "rtp" else unprotector.unprotect_rtcp(p.payload)
+        assert plain != p.payload
+        authenticated += 1
+        # ...and with the other call's keys it does not authenticate.
+        other = next(c for c in calls if c is not call).keys
+        wrong = SrtpUnprotector(other.profile, other.client_to_server_srtp if to_server else other.server_to_client_srtp,
+                                other.client_to_server_srtcp if to_server else other.server_to_client_srtcp)
+        with pytest.raises(SrtpDropped):
+            wrong.unprotect_rtp(p.payload) if kind == "rtp" else wrong.unprotect_rtcp(p.payload)
+    assert authenticated == len(udp)
+
+
+class TamperingForwarder(asyncio.DatagramProtocol):
+    """Sits on the client->server media hop: flips a byte in every 10th packet and replays old ones."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.client: tuple[str, int] | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.seen = 0
+        self.history: list[bytes] = []
+        self.tampered = 0
+        self.replayed = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        if addr == self.server:
+            if self.client is not None:
+                self.transport.sendto(data, self.client)
+            return
+        self.client = addr
+        self.seen += 1
+        self.history.append(data)
+        if self.seen % 10 == 0 and len(data) > 20:
+            forged = bytearray(data)
+            forged[15] ^= 0x01
+            self.transport.sendto(bytes(forged), self.server)
+            self.tampered += 1
+            return
+        self.transport.sendto(data, self.server)
+        if self.seen % 15 == 0 and len(self.history) > 4:
+            # An old packet that did get through (not one of the tampered ones, which never did).
+            self.transport.sendto(self.history[-4], self.server)
+            self.replayed += 1
+
+
+async def test_tampered_and_replayed_srtp_is_dropped_and_counted(asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from stc_asterisk.tunnel_server import TunnelPeer
+    from stc_wire import messages as wire
+
+    loop = asyncio.get_running_loop()
+    forwarders: list[TamperingForwarder] = []
+    real_send = TunnelPeer.send
+
+    async def send_via_forwarder(self: TunnelPeer, message: wire.Message) -> None:
+        if isinstance(message, wire.MediaAnswer) and self.identity.display_name == "Alice":
+            ports = []
+            for real in (message.rtp_port, message.rtcp_port):
+                forwarder = TamperingForwarder((WAN_HOST, real))
+                transport, _ = await loop.create_datagram_endpoint(lambda f=forwarder: f, local_addr=(WAN_HOST, 0))
+                forwarders.append(forwarder)
+                ports.append(transport.get_extra_info("sockname")[1])
+            message = wire.MediaAnswer(message.stream_id, message.profile, message.public_key, ports[0], ports[1])
+        await real_send(self, message)
+
+    monkeypatch.setattr(TunnelPeer, "send", send_via_forwarder)
+    async with stc_stack(pki, ("alice", "bob")) as stack, AmiClient() as ami:
+        since = ami.mark()
+        listener = caller(sipp_callers, stack, "bob", codec=Codec.PCMA, hold_ms=9000)
+        talker = caller(sipp_callers, stack, "alice", codec=Codec.PCMA, play_audio=True, hold_ms=8000)
+        listener.start()
+        await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
+        with Capture(f"udp and dst host 127.0.0.1 and dst port {listener.media_port}") as at_listener:
+            talker.start()
+            await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
+            await wait_until(lambda: sum(f.seen for f in forwarders) > 150, 20, "media through the forwarder")
+            alice_call = next(c for s in stack.server.sessions.values() if s.peer.identity.display_name == "Alice" for c in s.calls.values())
+            stats = stack.server.media.stats(alice_call.media_tag)
+            for c in (talker, listener):
+                assert await c.wait_async(30) == 0, c.describe()  # the call went on
+        heard = [p for p in at_listener.packets() if len(p.payload) > 12 and non_silent(p.payload[12:])]
+        at_listener.cleanup()
+    assert sum(f.tampered for f in forwarders) > 5 and sum(f.replayed for f in forwarders) > 3
+    assert stats.auth_drops >= 5, stats
+    assert stats.replay_drops >= 3, stats
+    assert stats.inbound_packets > 100, stats
+    assert len(heard) > 50, f"listener heard only {len(heard)} non-silent packets"
