@@ -159,17 +159,24 @@ class SoftphoneProxy:
             await self._response_from_softphone(msg)
 
     def _answer_unparseable(self, data: bytes, addr: Address, exc: SipParseError) -> None:
-        """A 400 when the message is a request whose headers we can still copy; otherwise only the logged drop."""
-        head = data.split(b"\r\n", 1)[0]
-        if head.startswith(b"SIP/") or self._transport is None:
+        """A 400 when the datagram is a request whose Via we can copy; otherwise only the logged drop."""
+        if self._transport is None:
             return
-        lenient = data.split(b"\r\n\r\n", 1)[0] + b"\r\nContent-Length: 0\r\n\r\n"
-        try:
-            request = parse_message(lenient)
-        except SipParseError:
+        head, _, _ = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        start = lines[0].split(b" ")
+        if len(start) != 3 or start[2] != b"SIP/2.0" or start[0] == b"ACK" or not start[0].isalpha():
             return
-        if isinstance(request, SipRequest) and request.method != "ACK":
-            self._to_softphone(make_response(request, exc.status if 400 <= exc.status < 700 else 400).to_bytes(), addr)
+        # Copy the headers a response needs, as they are (they may be the broken part).
+        wanted = (b"via:", b"v:", b"from:", b"f:", b"to:", b"t:", b"call-id:", b"i:", b"cseq:")
+        copied = [line for line in lines[1:] if line.lower().startswith(wanted) and len(line) < 1024]
+        if not any(line.lower().startswith((b"via:", b"v:")) for line in copied):
+            return
+        status = exc.status if 400 <= exc.status < 700 else 400
+        reason = exc.args[0] if exc.args else "Bad Request"
+        response = b"\r\n".join([f"SIP/2.0 {status} Bad Request".encode(), *copied,
+                                  f'Warning: 399 stc "{_quoted(str(reason))}"'.encode(), b"Content-Length: 0", b"", b""])
+        self._to_softphone(response, addr)
 
     async def _request_from_softphone(self, request: SipRequest, addr: Address) -> None:
         if request.method == "REGISTER":
@@ -361,6 +368,10 @@ class SoftphoneProxy:
         bye.append("CSeq", "1 BYE")
         bye.append("Reason", 'Q.850;cause=41;text="stc tunnel lost"')
         return bye
+
+
+def _quoted(text: str) -> str:
+    return "".join(ch for ch in text if ch.isprintable() and ch not in '"\\')[:200]
 
 
 def _local_if_unspecified(address: str, addr: Address) -> str:

@@ -226,3 +226,29 @@ async def test_tampered_and_replayed_srtp_is_dropped_and_counted(asterisk_lab: s
     assert stats.replay_drops >= 3, stats
     assert stats.inbound_packets > 100, stats
     assert len(heard) > 50, f"listener heard only {len(heard)} non-silent packets"
+
+
+async def test_gcm_profile_is_selectable(asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+    async with stc_stack(pki) as stack, AmiClient() as ami:
+        await stack.add_client("alice", profiles=("AEAD_AES_128_GCM",))
+        since = ami.mark()
+        alice = caller(sipp_callers, stack, "alice", codec=Codec.PCMA, play_audio=True, hold_ms=3000)
+        alice.start()
+        await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
+        await wait_until(lambda: stack.clients["alice"].status.light == "green", 10, "green")
+        assert "AEAD_AES_128_GCM" in stack.clients["alice"].status.reason
+        assert await alice.wait_async(30) == 0, alice.describe()
+        assert stack.server.media.stats().inbound_packets > 50
+
+
+async def test_profile_mismatch_fails_the_call_with_a_reason(pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+    # No Asterisk needed: the server refuses before anything reaches it.
+    async with stc_stack(pki, srtp_profiles=("AES_CM_128_HMAC_SHA1_80",)) as stack:
+        await stack.add_client("alice", profiles=("AEAD_AES_128_GCM",))
+        alice = caller(sipp_callers, stack, "alice", codec=Codec.PCMA, hold_ms=1000, timeout_s=10)
+        alice.start()
+        assert await alice.wait_async(15) != 0
+        messages = alice.messages()
+        assert "SIP/2.0 488" in messages and "no common SRTP profile" in messages, messages[-2000:]
+        assert stack.server.media.open_calls == 0
+        assert not stack.clients["alice"].softphone.calls
