@@ -39,6 +39,9 @@ class IdentitySettings:
     cert: Path = Path("pki/users/alice.pem")
     key: Path = Path("pki/users/alice.key")
     ca_bundle: Path = Path("pki/ca.pem")
+    # A PKCS#12 bundle used instead of cert/key when set.
+    pkcs12: Path | None = None
+    pkcs12_passphrase: str = ""
 
 
 @dataclass
@@ -72,11 +75,26 @@ class MediaSettings:
 
 
 @dataclass
+class UiSettings:
+    """The client window: a local web page, on loopback only."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+
+    def validate(self) -> None:
+        if not port_ok(self.port) and self.port != 0:
+            raise ValueError(f"port: {self.port} is not a TCP port")
+        if self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(f"host: {self.host!r} is not a loopback address (the window is for this machine only)")
+
+
+@dataclass
 class ClientConfig:
     server: ServerSettings = field(default_factory=ServerSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     sip: SipSettings = field(default_factory=SipSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
     log_level: str = "INFO"
 
     def validate(self) -> None:

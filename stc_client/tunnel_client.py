@@ -56,7 +56,8 @@ async def open_tunnel(config: ClientConfig, *, capabilities: tuple[str, ...] = (
     server = config.server
     ident = config.identity
     try:
-        ctx = client_context(ident.cert, ident.key, ident.ca_bundle)
+        ctx = client_context(ident.cert, ident.key, ident.ca_bundle, pkcs12=ident.pkcs12,
+                             pkcs12_passphrase=ident.pkcs12_passphrase)
     except Exception as exc:
         raise TunnelRefused("bad-local-settings", str(exc)) from None
     try:

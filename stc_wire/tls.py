@@ -7,6 +7,7 @@ pure code after the handshake and turns the certificate into an identity.
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
@@ -36,10 +37,14 @@ def server_context(cert: Path, key: Path, ca_bundle: Path, crl: Path | None) -> 
     return ctx
 
 
-def client_context(cert: Path, key: Path, ca_bundle: Path, key_password: str | None = None) -> ssl.SSLContext:
+def client_context(cert: Path, key: Path, ca_bundle: Path, *, pkcs12: Path | None = None,
+                   pkcs12_passphrase: str = "") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED are on
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    _load("client certificate/key", cert, lambda: ctx.load_cert_chain(cert, key, password=key_password))
+    if pkcs12 is not None:
+        _load("PKCS#12 identity", pkcs12, lambda: _load_pkcs12(ctx, pkcs12, pkcs12_passphrase))
+    else:
+        _load("client certificate/key", cert, lambda: ctx.load_cert_chain(cert, key))
     _load("CA bundle", ca_bundle, lambda: ctx.load_verify_locations(cafile=str(ca_bundle)))
     return ctx
 
@@ -51,3 +56,23 @@ def describe_ssl_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return exc.reason.lower().replace("_", " ")
     return str(exc) or type(exc).__name__
+
+
+def _load_pkcs12(ctx: ssl.SSLContext, path: Path, passphrase: str) -> None:
+    """ssl only loads PEM files: hand it the bundle's certificate and key through an
+    anonymous in-memory file, so the unencrypted key never touches the disk."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    key, cert, extra = pkcs12.load_key_and_certificates(path.read_bytes(), passphrase.encode() if passphrase else None)
+    if key is None or cert is None:
+        raise ValueError("the PKCS#12 bundle must hold a certificate and its private key")
+    pem = cert.public_bytes(serialization.Encoding.PEM) + b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in extra or ())
+    pem += key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.memfd_create("stc-identity", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, pem)
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)

@@ -51,7 +51,7 @@ async def test_three_callers_through_stc_hear_each_other(asterisk_lab: str, pki:
             members = await ami.confbridge_list(ROOM)
             assert len(members) == 3
             # green light on every client while in the call
-            await wait_until(lambda: all(c.status.light == "green" for c in stack.clients.values()), 10, "green lights")
+            await wait_until(lambda: all(c.state.light == "green" for c in stack.clients.values()), 10, "green lights")
             for c in (talker, listener, third):
                 assert await c.wait_async(30) == 0, c.describe()
         heard = [p for p in at_listener.packets() if len(p.payload) > 12 and non_silent(p.payload[12:])]
@@ -62,7 +62,7 @@ async def test_three_callers_through_stc_hear_each_other(asterisk_lab: str, pki:
         await wait_until(lambda: stack.server.media.open_calls == 0, 5, "server media released")
         for client in stack.clients.values():
             await wait_until(lambda: not client.softphone.calls, 5, "client calls released")
-            assert client.status.light == "yellow"
+            assert client.state.light == "yellow"
         stats = stack.server.media.stats()
         assert stats.inbound_packets > 100 and stats.outbound_packets > 100
         assert stats.auth_drops == stats.replay_drops == 0
@@ -87,7 +87,7 @@ async def test_tunnel_loss_mid_call_hangs_up_both_sides(asterisk_lab: str, pki: 
         alice = caller(sipp_callers, stack, "alice", scenario=UAC_WAIT_BYE, codec=Codec.PCMA)
         alice.start()
         await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
-        await wait_until(lambda: stack.clients["alice"].status.light == "green", 10, "green")
+        await wait_until(lambda: stack.clients["alice"].state.light == "green", 10, "green")
         # The tunnel dies under the call (server side closes it, as a network cut would).
         [peer] = stack.server.tunnels.peers.values()  # type: ignore[union-attr]
         peer.stream._writer.transport.abort()  # noqa: SLF001
@@ -235,8 +235,8 @@ async def test_gcm_profile_is_selectable(asterisk_lab: str, pki: TestPki, sipp_c
         alice = caller(sipp_callers, stack, "alice", codec=Codec.PCMA, play_audio=True, hold_ms=3000)
         alice.start()
         await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
-        await wait_until(lambda: stack.clients["alice"].status.light == "green", 10, "green")
-        assert "AEAD_AES_128_GCM" in stack.clients["alice"].status.reason
+        await wait_until(lambda: stack.clients["alice"].state.light == "green", 10, "green")
+        assert stack.clients["alice"].state.call is not None and stack.clients["alice"].state.call.srtp_profile == "AEAD_AES_128_GCM"
         assert await alice.wait_async(30) == 0, alice.describe()
         assert stack.server.media.stats().inbound_packets > 50
 

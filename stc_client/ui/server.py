@@ -1,0 +1,222 @@
+"""The stc-client window: a small aiohttp app on loopback serving the page and its API.
+
+Routes:
+    GET  /                 the page (static/index.html)
+    GET  /static/...       its CSS and JS (shipped in the package; no CDN)
+    GET  /api/status       ClientState.snapshot() as JSON
+    GET  /api/ws           websocket: one snapshot (JSON text) now and on every change
+    GET  /api/settings     the settings form's current values (never the passphrase)
+    POST /api/settings     validate, save atomically, then apply_settings(new config)
+
+Only loopback is served. Because any web page the user opens could still
+talk to 127.0.0.1, the Host header must name this server (against DNS
+rebinding), and a browser's Origin, when sent, must be this page's own
+(websocket and settings changes); settings are only taken as
+application/json, which a foreign page cannot send without a CORS preflight
+that this server never grants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+
+from aiohttp import WSCloseCode, web
+
+from stc_wire.config import ConfigError
+
+from ..config import ClientConfig
+from ..settings import SettingsRejected, load_current, save_settings, settings_form, validate_settings
+from ..state import ClientState, StateSubscription
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_BODY = 64 * 1024
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class UiServer:
+    """Serves the window for `state`; settings are saved to `config_path`, then `apply_settings` runs."""
+
+    def __init__(
+        self,
+        state: ClientState,
+        config_path: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        apply_settings: Callable[[ClientConfig], Awaitable[None]],
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if not is_loopback(host):
+            raise ValueError(f"the stc-client window is served on loopback only, not on {host!r}")
+        self.state = state
+        self.config_path = config_path
+        self.host = host
+        self.port = port
+        self._apply = apply_settings
+        self._clock = clock
+        self._runner: web.AppRunner | None = None
+        self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self._settings_lock = asyncio.Lock()
+        self._allowed_hosts: frozenset[str] = frozenset()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
+        app.router.add_get("/", self._page)
+        app.router.add_static("/static", STATIC_DIR)
+        app.router.add_get("/api/status", self._status)
+        app.router.add_get("/api/ws", self._ws)
+        app.router.add_get("/api/settings", self._get_settings)
+        app.router.add_post("/api/settings", self._post_settings)
+        app.on_response_prepare.append(self._headers)
+        app.on_shutdown.append(self._close_sockets)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        names = {self.host, "localhost", "127.0.0.1", "[::1]"} | ({f"[{self.host}]"} if ":" in self.host else set())
+        self._allowed_hosts = frozenset(f"{n}:{self.port}" for n in names)
+        log.info("stc-client window at %s", self.url)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- guards ---------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.host not in self._allowed_hosts:
+            log.warning("refused a request for host %r (not this window)", request.host)
+            raise web.HTTPMisdirectedRequest(text="this is the stc-client window; use its loopback address")
+        origin = request.headers.get("Origin")
+        guarded = request.method != "GET" or request.path == "/api/ws"
+        if guarded and origin is not None and origin not in {f"http://{h}" for h in self._allowed_hosts}:
+            log.warning("refused %s %s from origin %r", request.method, request.path, origin)
+            raise web.HTTPForbidden(text="cross-origin requests are not allowed")
+        return await handler(request)
+
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+    # -- handlers -------------------------------------------------------------------
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC_DIR / "index.html")
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state.snapshot())
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=20.0)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        sub = self.state.subscribe()
+        pusher = asyncio.create_task(self._push(ws, sub))
+        try:
+            async for _message in ws:  # the page sends nothing; this ends when it goes
+                pass
+        finally:
+            sub.close()
+            pusher.cancel()
+            await asyncio.gather(pusher, return_exceptions=True)
+            self._sockets.discard(ws)
+        return ws
+
+    async def _push(self, ws: web.WebSocketResponse, sub: StateSubscription) -> None:
+        try:
+            async for snapshot in sub:
+                await ws.send_json(snapshot)
+        except ConnectionError as exc:
+            log.debug("window websocket gone: %s", exc)
+
+    async def _close_sockets(self, app: web.Application) -> None:
+        for ws in list(self._sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"stc-client stopping")
+
+    async def _get_settings(self, request: web.Request) -> web.Response:
+        try:
+            config = load_current(self.config_path)
+        except ConfigError as exc:
+            return web.json_response({"ok": False, "errors": [{"field": "file", "message": str(exc)}]}, status=500)
+        return web.json_response({"ok": True, "settings": settings_form(config), "config_path": str(self.config_path)})
+
+    async def _post_settings(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return _refused(415, "form", "settings are sent as application/json")
+        try:
+            form = await request.json()
+        except ValueError:
+            return _refused(400, "form", "the request is not valid JSON")
+        async with self._settings_lock:
+            try:
+                current = load_current(self.config_path)
+            except ConfigError as exc:
+                return _refused(500, "file", str(exc))
+            try:
+                change = validate_settings(
+                    form, config_dir=self.config_path.resolve().parent, current=current,
+                    now=self._clock() if self._clock else None,
+                )
+                config = save_settings(self.config_path, change)
+            except SettingsRejected as exc:
+                log.info("settings refused: %s", exc)
+                return web.json_response(
+                    {"ok": False, "saved": False, "errors": [{"field": e.field, "message": e.message} for e in exc.errors]},
+                    status=400,
+                )
+            log.info("settings saved to %s; applying", self.config_path)
+            try:
+                await self._apply(config)
+            except Exception as exc:  # the file is saved; say that applying it failed
+                log.exception("applying the new settings failed")
+                return web.json_response(
+                    {"ok": False, "saved": True, "errors": [{"field": "apply", "message": f"saved, but applying failed: {exc}"}],
+                     "settings": settings_form(config)},
+                    status=500,
+                )
+        return web.json_response({"ok": True, "saved": True, "settings": settings_form(config)})
+
+
+def _refused(status: int, field: str, message: str) -> web.Response:
+    return web.json_response({"ok": False, "saved": False, "errors": [{"field": field, "message": message}]}, status=status)
+
+
+__all__ = ["STATIC_DIR", "UiServer", "is_loopback"]

@@ -1,0 +1,294 @@
+// stc-client window: renders the snapshots pushed over /api/ws, edits the settings.
+// Everything that comes from a certificate is put in the page as text (textContent), never as HTML.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const LIGHT = {
+    red: { word: "RED", symbol: "✕" },
+    yellow: { word: "YELLOW", symbol: "…" },
+    green: { word: "GREEN", symbol: "✓" },
+  };
+
+  // ---- helpers -------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else node.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const child of children) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function parseTime(iso) {
+    // Python writes microseconds; keep milliseconds for every browser's Date parser.
+    return iso ? new Date(iso.replace(/(\.\d{3})\d+/, "$1")) : null;
+  }
+
+  function timeEl(iso, withDate) {
+    const t = parseTime(iso);
+    if (!t || isNaN(t)) return el("span", { text: "—" });
+    const opts = { hour: "2-digit", minute: "2-digit", second: "2-digit" };
+    const text = withDate ? t.toLocaleString([], { dateStyle: "medium", timeStyle: "medium" }) : t.toLocaleTimeString([], opts);
+    return el("time", { datetime: iso, title: t.toISOString() }, text);
+  }
+
+  function groupedFingerprint(hex) {
+    return (hex.match(/.{1,4}/g) || []).join(" ");
+  }
+
+  function identityText(ident) {
+    if (!ident) return "—";
+    const parts = [ident.display_name];
+    if (ident.organization) parts.push(`(${ident.organization})`);
+    return parts.join(" ");
+  }
+
+  // ---- status --------------------------------------------------------------------
+
+  let lastWarnings = "";
+  let lastSeq = -1;
+
+  function renderStatus(s) {
+    const light = LIGHT[s.light] ? s.light : "red";
+    $("light").dataset.light = light;
+    $("light-word").textContent = LIGHT[light].word;
+    $("lamp-symbol").textContent = LIGHT[light].symbol;
+    $("light-label").textContent = s.reason_label ? `${s.label}: ${s.reason_label}` : s.label;
+    $("light-reason").textContent = s.reason || "";
+    $("server").replaceChildren(s.server
+      ? el("span", {}, identityText(s.server), " ", el("code", { class: "fp", title: "SHA-256 " + s.server.fingerprint_sha256 }, groupedFingerprint(s.server.fingerprint_sha256.slice(0, 16))))
+      : "—");
+    $("me").textContent = s.me ? identityText(s.me) : "—";
+    $("since").replaceChildren(timeEl(s.since, true));
+    $("call-room-row").hidden = !s.call;
+    $("call-srtp-row").hidden = !s.call;
+    if (s.call) {
+      $("call-room").textContent = s.call.room;
+      $("call-srtp").textContent = s.call.srtp_profile;
+    }
+    const alarms = (s.warnings || []).filter((w) => w.kind === "unauthenticated" || w.kind === "roster-rejected");
+    $("light-caveat").hidden = alarms.length === 0;
+    $("light-caveat").textContent = alarms.length ? "⚠ The tunnel is secure, but not everyone listed can be trusted: see the warning above." : "";
+    renderWarnings(s.warnings || []);
+    renderRoster(s);
+    document.title = `stc-client: ${LIGHT[light].word}, ${s.label}`;
+  }
+
+  function renderWarnings(warnings) {
+    const key = JSON.stringify(warnings);
+    if (key === lastWarnings) return; // re-inserting an alert makes screen readers repeat it
+    lastWarnings = key;
+    const box = $("warnings");
+    box.replaceChildren();
+    for (const w of warnings) {
+      const loud = w.kind === "unauthenticated" || w.kind === "roster-rejected";
+      const title = {
+        "unauthenticated": "WARNING: UNAUTHENTICATED participant in this conference",
+        "roster-rejected": "WARNING: the participant list failed its security check",
+        "roster-unknown": "Caution: participants unknown",
+      }[w.kind] || "Warning";
+      box.append(el("div", {
+        class: `banner ${loud ? "danger" : "caution"}`,
+        role: loud ? "alert" : "status",
+        "data-kind": w.kind,
+      }, el("span", { class: "banner-icon", "aria-hidden": "true" }, loud ? "⚠" : "!"),
+        el("div", {}, el("p", { class: "banner-title" }, title), el("p", { class: "banner-text" }, w.message))));
+    }
+  }
+
+  function renderRoster(s) {
+    const body = $("roster-body");
+    const open = new Set([...body.querySelectorAll("details[open]")].map((d) => d.dataset.channel));
+    const rows = s.participants || [];
+    if (!s.roster) {
+      $("roster-summary").textContent = s.call ? "Waiting for the conference roster from the server…" : "Not in a call: no conference roster.";
+    } else {
+      const unauth = rows.filter((r) => !r.authenticated).length;
+      let text = `Room ${s.roster.room}: ${rows.length} participant${rows.length === 1 ? "" : "s"}`;
+      text += unauth ? `, ${unauth} UNAUTHENTICATED.` : ", all authenticated by certificate.";
+      $("roster-summary").textContent = text;
+    }
+    $("roster").hidden = rows.length === 0;
+    body.replaceChildren(...rows.map((r) => rosterRow(r, open.has(r.channel_id))));
+  }
+
+  function rosterRow(r, fingerprintOpen) {
+    const talking = r.talking
+      ? el("span", { class: "talk on" }, el("span", { class: "dot", "aria-hidden": "true" }), "speaking")
+      : el("span", { class: "talk" }, "silent");
+    const joined = el("td", {}, timeEl(r.joined_at, false));
+    if (!r.authenticated) {
+      const claim = r.caller_id ? `claims to be “${r.caller_id}”` : "no caller id";
+      return el("tr", { class: "unauth", "data-channel": r.channel_id },
+        el("th", { scope: "row" }, el("span", { class: "badge danger" }, "UNAUTHENTICATED"), " ",
+          el("span", { class: "claim" }, claim), el("br"), el("code", { class: "small" }, r.channel_name)),
+        el("td", { colspan: 4, class: "nocert" }, "No certificate: this channel is not who it says it is until proven otherwise."),
+        el("td", {}, talking), joined);
+    }
+    const name = el("th", { scope: "row" }, r.display_name);
+    if (r.is_me) name.append(" ", el("span", { class: "badge you" }, "you"));
+    const org = [r.organization, r.org_unit].filter(Boolean).join(" / ") || "—";
+    const fp = el("details", { class: "fingerprint", "data-channel": r.channel_id, open: fingerprintOpen },
+      el("summary", {}, el("code", {}, r.short_fingerprint), el("span", { class: "visually-hidden" }, " (show the full SHA-256 fingerprint)")),
+      el("code", { class: "full" }, groupedFingerprint(r.fingerprint)));
+    return el("tr", { "data-channel": r.channel_id },
+      name, el("td", {}, org), el("td", {}, r.address ? el("span", { class: "addr" }, r.address) : "—"),
+      el("td", { class: "issuer" }, r.issuer || "—"), el("td", {}, fp), el("td", {}, talking), joined);
+  }
+
+  // ---- live updates ------------------------------------------------------------------
+
+  let delay = 500;
+
+  function setLink(state, text) {
+    const p = $("link-status");
+    p.dataset.link = state;
+    p.textContent = text;
+    document.body.classList.toggle("stale", state !== "live");
+  }
+
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${proto}//${location.host}/api/ws`);
+    ws.onopen = () => { delay = 500; setLink("live", "Live: updates as they happen"); };
+    ws.onmessage = (ev) => {
+      let s;
+      try { s = JSON.parse(ev.data); } catch (e) { return; }
+      if (typeof s.seq === "number" && s.seq === lastSeq) return;
+      lastSeq = s.seq;
+      renderStatus(s);
+    };
+    ws.onclose = () => {
+      setLink("lost", "Lost contact with stc-client; reconnecting… (what is shown may be out of date)");
+      lastSeq = -1;
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 5000);
+    };
+    ws.onerror = () => ws.close();
+  }
+
+  // ---- settings ----------------------------------------------------------------------
+
+  const form = () => $("settings-form");
+  const fieldId = (name) => name.replace(".", "-");
+  let saved = null;
+
+  function showKind(kind) {
+    $("pem-fields").hidden = kind !== "pem";
+    $("pkcs12-fields").hidden = kind !== "pkcs12";
+  }
+
+  function fillForm(settings) {
+    saved = settings;
+    const f = settings;
+    $("server-host").value = f.server.host;
+    $("server-port").value = f.server.port;
+    $("server-name").value = f.server.name || "";
+    $("identity-cert").value = f.identity.cert;
+    $("identity-key").value = f.identity.key;
+    $("identity-pkcs12").value = f.identity.pkcs12 || "";
+    const pass = $("identity-pkcs12_passphrase");
+    pass.value = "";
+    pass.placeholder = f.identity.pkcs12_passphrase_saved ? "saved (leave empty to keep it)" : "";
+    $("identity-ca_bundle").value = f.identity.ca_bundle;
+    $("sip-listen_port").value = f.sip.listen_port;
+    $("kind-pkcs12").disabled = !f.pkcs12_supported;
+    const kind = f.identity.kind === "pkcs12" ? "pkcs12" : "pem";
+    $(`kind-${kind}`).checked = true;
+    showKind(kind);
+  }
+
+  function clearErrors() {
+    for (const p of form().querySelectorAll(".field-error")) { p.hidden = true; p.textContent = ""; }
+    for (const i of form().querySelectorAll("[aria-invalid]")) i.removeAttribute("aria-invalid");
+    $("settings-errors").replaceChildren();
+    $("settings-result").textContent = "";
+  }
+
+  function showErrors(errors, saved) {
+    const list = el("ul");
+    let first = null;
+    for (const e of errors) {
+      const p = $(`${fieldId(e.field)}-error`);
+      const input = $(fieldId(e.field));
+      if (p) { p.textContent = e.message; p.hidden = false; }
+      if (input) { input.setAttribute("aria-invalid", "true"); first = first || input; }
+      list.append(el("li", {}, e.message));
+    }
+    const head = saved ? "Saved, but not applied:" : `Nothing was saved: ${errors.length} problem${errors.length === 1 ? "" : "s"}.`;
+    $("settings-errors").replaceChildren(el("p", { class: "form-errors-title" }, head), list);
+    if (first) first.focus();
+  }
+
+  function readForm() {
+    const kind = form().querySelector('input[name="identity.kind"]:checked').value;
+    return {
+      server: { host: $("server-host").value, port: $("server-port").value, name: $("server-name").value },
+      identity: {
+        kind,
+        cert: $("identity-cert").value,
+        key: $("identity-key").value,
+        pkcs12: $("identity-pkcs12").value,
+        pkcs12_passphrase: $("identity-pkcs12_passphrase").value || null,
+        ca_bundle: $("identity-ca_bundle").value,
+      },
+      sip: { listen_port: $("sip-listen_port").value },
+    };
+  }
+
+  async function loadSettings() {
+    try {
+      const res = await fetch("/api/settings", { cache: "no-store" });
+      const body = await res.json();
+      if (!body.ok) { showErrors(body.errors, false); return; }
+      fillForm(body.settings);
+      $("config-path").textContent = `Saved to ${body.config_path}. Relative paths are relative to its folder.`;
+    } catch (e) {
+      $("settings-result").textContent = "Could not read the settings from stc-client.";
+    }
+  }
+
+  async function submit(ev) {
+    ev.preventDefault();
+    clearErrors();
+    const button = $("settings-save");
+    button.disabled = true;
+    $("settings-result").textContent = "Checking…";
+    try {
+      const res = await fetch("/api/settings", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(readForm()),
+      });
+      const body = await res.json();
+      if (body.ok) {
+        fillForm(body.settings);
+        $("settings-result").textContent = "Saved. stc-client is reconnecting with the new settings.";
+      } else {
+        $("settings-result").textContent = "";
+        showErrors(body.errors || [{ field: "form", message: `stc-client answered ${res.status}` }], body.saved);
+      }
+    } catch (e) {
+      $("settings-result").textContent = "";
+      showErrors([{ field: "form", message: "stc-client did not answer; nothing was changed." }], false);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    form().addEventListener("submit", submit);
+    for (const r of form().querySelectorAll('input[name="identity.kind"]')) r.addEventListener("change", () => showKind(r.value));
+    $("settings-reset").addEventListener("click", () => { clearErrors(); if (saved) fillForm(saved); });
+    loadSettings();
+    connect();
+  });
+})();
