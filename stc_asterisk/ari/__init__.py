@@ -1,0 +1,5 @@
+"""A thin ARI client (REST + events websocket) on aiohttp."""
+
+from .client import AriClient, AriCounters, AriError
+
+__all__ = ["AriClient", "AriCounters", "AriError"]

@@ -1,0 +1,412 @@
+"""Who is in which ConfBridge room, from ARI and AMI events, joined with the admission bindings.
+
+Pure: fed event dicts as Asterisk 22 sends them, it answers which rooms changed
+and produces each room's roster entries. The asyncio side (ARI websocket, AMI
+connection) only passes events in, and calls `rebuild()` with `GET /ari/bridges`
+and `GET /ari/channels` after every (re)connect, `set_unknown()` when Asterisk is gone.
+
+Decisions:
+- Membership comes from ARI only (`subscribeAll=true` shows ConfBridge's bridges):
+  ARI and AMI are two sockets whose events can arrive in either order, so an
+  AMI join arriving after ARI's leave must not resurrect a member. AMI gives the
+  talking flags (`ConfbridgeTalking`); an AMI leave clears them.
+- Only bridges whose `creator` is `ConfBridge` count; the room is the bridge `name`.
+  ConfBridge's own announcer/recorder channels (`CBAnn/...`, `CBRec/...`) are not participants.
+- A channel in a bridge without an admission binding is UNAUTHENTICATED: it is
+  listed (with its unverified caller id) and reported by `unauthenticated()` so
+  the server can eject it. After a server restart every channel is unbound, so
+  every participant is treated as unauthenticated: the server cannot vouch for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal, Mapping, Sequence
+
+from stc_wire.identity import PeerIdentity
+from stc_wire.roster import Roster, RosterEntry, RosterError, identity_json, iso_utc, normalize_time
+
+log = logging.getLogger(__name__)
+
+CONFBRIDGE_CREATOR = "ConfBridge"
+_INTERNAL_CHANNEL_PREFIXES = ("CBAnn/", "CBRec/")
+_EPOCH = "1970-01-01T00:00:00.000000Z"
+
+ConferenceStatus = Literal["ok", "unknown"]
+
+
+@dataclass(frozen=True)
+class UnboundChannel:
+    """A channel in a conference bridge that no admission vouches for."""
+
+    room: str
+    bridge_id: str
+    channel_id: str
+    channel_name: str
+
+
+@dataclass
+class _Member:
+    channel_id: str
+    channel_name: str
+    caller_name: str
+    caller_number: str
+    joined_at: str
+    talking: bool = False
+
+
+@dataclass
+class _Binding:
+    identity: dict[str, Any]
+    seq: int
+
+
+def _is_internal(channel_name: str) -> bool:
+    return channel_name.startswith(_INTERNAL_CHANNEL_PREFIXES)
+
+
+def _time(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return normalize_time(value, "time")
+    except RosterError:
+        return None
+
+
+def _caller_id(name: str, number: str) -> str:
+    if name and number:
+        return f'"{name}" <{number}>'
+    return name or number
+
+
+class ConferenceState:
+    """ConfBridge rooms and their members; see the module docstring."""
+
+    def __init__(self, *, max_bindings: int = 10_000) -> None:
+        self._status: ConferenceStatus = "unknown"
+        self._bridge_rooms: dict[str, str] = {}  # ConfBridge bridge id -> room
+        self._members: dict[str, dict[str, _Member]] = {}  # bridge id -> channel id -> member
+        self._bindings: dict[str, _Binding] = {}  # channel uniqueid -> identity JSON
+        self._bind_seq = 0
+        self._max_bindings = max_bindings
+        self._announced_unknown: set[str] = set()  # rooms whose roster says 'unknown'
+
+    # --- queries ------------------------------------------------------------------
+
+    @property
+    def status(self) -> ConferenceStatus:
+        return self._status
+
+    def rooms(self) -> list[str]:
+        """Rooms with a live bridge (or, while unknown, the rooms last seen)."""
+        if self._status == "unknown":
+            return sorted(self._announced_unknown)
+        return sorted(set(self._bridge_rooms.values()))
+
+    def binding(self, uniqueid: str) -> dict[str, Any] | None:
+        found = self._bindings.get(uniqueid)
+        return None if found is None else found.identity
+
+    def entries(self, room: str) -> tuple[RosterEntry, ...]:
+        if self._status == "unknown":
+            return ()
+        result: dict[str, RosterEntry] = {}
+        for bridge_id, member in self._room_members(room):
+            bound = self._bindings.get(member.channel_id)
+            result[member.channel_id] = RosterEntry(
+                channel_id=member.channel_id,
+                room=room,
+                identity=bound.identity if bound else None,
+                channel_name=member.channel_name or member.channel_id,
+                caller_id=None if bound else _caller_id(member.caller_name, member.caller_number),
+                joined_at=member.joined_at,
+                talking=member.talking,
+            )
+        return tuple(sorted(result.values(), key=lambda e: (e.joined_at, e.channel_id)))
+
+    def roster(self, room: str, *, server_id: str, version: int, issued_at: str) -> Roster:
+        return Roster(server_id, room, version, issued_at, self._status, self.entries(room))
+
+    def unauthenticated(self, room: str | None = None) -> list[UnboundChannel]:
+        """Channels in conference bridges without an admission binding (to eject)."""
+        if self._status == "unknown":
+            return []
+        found = []
+        for bridge_id, members in self._members.items():
+            bridge_room = self._bridge_rooms[bridge_id]
+            if room is not None and bridge_room != room:
+                continue
+            for member in members.values():
+                if member.channel_id not in self._bindings:
+                    found.append(UnboundChannel(bridge_room, bridge_id, member.channel_id, member.channel_name))
+        return sorted(found, key=lambda u: (u.room, u.channel_id))
+
+    # --- admission bindings -----------------------------------------------------
+
+    def bind(self, uniqueid: str, identity: PeerIdentity | Mapping[str, Any]) -> set[str]:
+        """Record that channel `uniqueid` was admitted with `identity`."""
+        as_json = identity_json(identity)
+        assert as_json is not None
+        PeerIdentity.from_json(as_json)  # a bad identity fails here, not when a roster is built
+        with self._changes() as changed:
+            self._bind_seq += 1
+            self._bindings.pop(uniqueid, None)
+            self._bindings[uniqueid] = _Binding(as_json, self._bind_seq)
+            while len(self._bindings) > self._max_bindings:
+                oldest = next(iter(self._bindings))
+                log.warning("dropping the oldest admission binding (%s): more than %d", oldest, self._max_bindings)
+                del self._bindings[oldest]
+        return changed.rooms
+
+    def unbind(self, uniqueid: str) -> set[str]:
+        with self._changes() as changed:
+            self._bindings.pop(uniqueid, None)
+        return changed.rooms
+
+    def binding_mark(self) -> int:
+        """Take before fetching a snapshot; pass to rebuild() so it may drop bindings of vanished channels."""
+        return self._bind_seq + 1
+
+    # --- ARI ----------------------------------------------------------------------
+
+    def apply_ari(self, event: Mapping[str, Any], *, now: datetime | None = None) -> set[str]:
+        """Apply one ARI event; returns the rooms whose roster changed."""
+        if not isinstance(event, Mapping):
+            log.debug("ARI event that is not an object ignored")
+            return set()
+        kind = event.get("type")
+        changed = self._changes()
+        try:
+            with changed:
+                if kind == "BridgeCreated":
+                    self._see_bridge(event["bridge"])
+                elif kind == "ChannelEnteredBridge":
+                    self._enter(event["bridge"], event["channel"], event.get("timestamp"), now)
+                elif kind == "ChannelLeftBridge":
+                    self._leave(event["bridge"], event["channel"])
+                elif kind == "BridgeDestroyed":
+                    self._destroy_bridge(event["bridge"])
+                elif kind == "ChannelDestroyed":
+                    self._destroy_channel(event["channel"])
+                else:
+                    log.debug("ARI event %r ignored", kind)
+        except (KeyError, TypeError, AttributeError) as exc:
+            log.debug("malformed ARI %r event ignored: %s: %s", kind, type(exc).__name__, exc)
+        return changed.rooms
+
+    def _bridge_room(self, bridge: Mapping[str, Any]) -> tuple[str, str] | None:
+        bridge_id = bridge["id"]
+        if not isinstance(bridge_id, str) or not bridge_id:
+            raise TypeError("bridge id must be a non-empty string")
+        if bridge.get("creator") != CONFBRIDGE_CREATOR:
+            return None
+        name = bridge.get("name")
+        if not isinstance(name, str) or not name:
+            raise TypeError("ConfBridge bridge without a name")
+        return bridge_id, name
+
+    def _see_bridge(self, bridge: Mapping[str, Any]) -> str | None:
+        found = self._bridge_room(bridge)
+        if found is None:
+            return None
+        bridge_id, room = found
+        self._bridge_rooms[bridge_id] = room
+        self._members.setdefault(bridge_id, {})
+        return bridge_id
+
+    def _enter(self, bridge: Mapping[str, Any], channel: Mapping[str, Any], timestamp: Any, now: datetime | None) -> None:
+        bridge_id = self._see_bridge(bridge)
+        if bridge_id is None:
+            return
+        member = _member_from(channel, _time(timestamp) or (iso_utc(now) if now else None))
+        if member is None:
+            return
+        self._members[bridge_id].setdefault(member.channel_id, member)
+
+    def _leave(self, bridge: Mapping[str, Any], channel: Mapping[str, Any]) -> None:
+        found = self._bridge_room(bridge)
+        if found is None:
+            return
+        members = self._members.get(found[0])
+        if members is not None:
+            members.pop(_channel_id(channel), None)
+
+    def _destroy_bridge(self, bridge: Mapping[str, Any]) -> None:
+        found = self._bridge_room(bridge)
+        if found is None:
+            return
+        self._bridge_rooms.pop(found[0], None)
+        self._members.pop(found[0], None)
+
+    def _destroy_channel(self, channel: Mapping[str, Any]) -> None:
+        channel_id = _channel_id(channel)
+        for members in self._members.values():
+            members.pop(channel_id, None)
+        self._bindings.pop(channel_id, None)
+
+    def rebuild(
+        self,
+        bridges: Sequence[Mapping[str, Any]],
+        channels: Sequence[Mapping[str, Any]],
+        *,
+        binding_mark: int | None = None,
+    ) -> set[str]:
+        """Replace everything with a snapshot from `GET /ari/bridges` and `GET /ari/channels`.
+
+        With `binding_mark` (from binding_mark() taken before the GETs), bindings
+        made before the snapshot for channels absent from it are dropped.
+        """
+        by_id: dict[str, Mapping[str, Any]] = {}
+        for channel in channels:
+            if isinstance(channel, Mapping) and isinstance(channel.get("id"), str):
+                by_id[channel["id"]] = channel
+        with self._changes() as changed:
+            old_members = {cid: m for members in self._members.values() for cid, m in members.items()}
+            self._bridge_rooms.clear()
+            self._members.clear()
+            for bridge in bridges:
+                try:
+                    bridge_id = self._see_bridge(bridge)
+                except (KeyError, TypeError, AttributeError) as exc:
+                    log.debug("malformed bridge in snapshot ignored: %s", exc)
+                    continue
+                if bridge_id is None:
+                    continue
+                listed = bridge.get("channels")
+                for channel_id in listed if isinstance(listed, list) else []:
+                    channel = by_id.get(channel_id)
+                    if channel is None:
+                        continue  # destroyed between the two GETs
+                    previous = old_members.get(channel_id)
+                    member = _member_from(channel, previous.joined_at if previous else None)
+                    if member is None:
+                        continue
+                    if previous is not None:
+                        member.talking = previous.talking
+                    self._members[bridge_id][member.channel_id] = member
+            if binding_mark is not None:
+                for uniqueid in [u for u, b in self._bindings.items() if b.seq < binding_mark and u not in by_id]:
+                    del self._bindings[uniqueid]
+            self._status = "ok"
+            self._announced_unknown.clear()
+        return changed.rooms
+
+    def set_unknown(self) -> set[str]:
+        """Asterisk is unreachable: every room's roster becomes 'unknown' until the next rebuild()."""
+        with self._changes() as changed:
+            if self._status == "ok":
+                self._announced_unknown = set(self._bridge_rooms.values())
+            self._status = "unknown"
+            self._bridge_rooms.clear()
+            self._members.clear()
+        return changed.rooms
+
+    # --- AMI ----------------------------------------------------------------------
+
+    def apply_ami(self, event: Mapping[str, Any]) -> set[str]:
+        """Apply one AMI event (a panoramisk Message or a dict); returns the rooms that changed."""
+        if not isinstance(event, Mapping):
+            log.debug("AMI event that is not a mapping ignored")
+            return set()
+        fields = {str(k).lower(): v for k, v in event.items()}
+        kind = fields.get("event")
+        uniqueid = fields.get("uniqueid")
+        if not isinstance(uniqueid, str) or not uniqueid:
+            log.debug("AMI %r event without Uniqueid ignored", kind)
+            return set()
+        with self._changes() as changed:
+            if kind == "ConfbridgeTalking":
+                status = str(fields.get("talkingstatus", "")).lower()
+                if status not in ("on", "off"):
+                    log.debug("ConfbridgeTalking with TalkingStatus %r ignored", status)
+                else:
+                    self._set_talking(uniqueid, status == "on", fields.get("conference"))
+            elif kind == "ConfbridgeLeave":
+                self._set_talking(uniqueid, False, fields.get("conference"))
+            else:
+                log.debug("AMI event %r ignored", kind)
+        return changed.rooms
+
+    def _set_talking(self, uniqueid: str, talking: bool, conference: Any) -> None:
+        for bridge_id, members in self._members.items():
+            if isinstance(conference, str) and conference and self._bridge_rooms[bridge_id] != conference:
+                continue
+            member = members.get(uniqueid)
+            if member is not None:
+                member.talking = talking
+
+    # --- change tracking ------------------------------------------------------------
+
+    def _digest(self) -> dict[str, tuple[Any, ...]]:
+        view: dict[str, list[tuple[Any, ...]]] = {room: [] for room in self.rooms()}
+        if self._status == "ok":
+            for bridge_id, members in self._members.items():
+                room = self._bridge_rooms[bridge_id]
+                for m in members.values():
+                    bound = self._bindings.get(m.channel_id)
+                    view[room].append(
+                        (m.channel_id, m.channel_name, m.caller_name, m.caller_number, m.joined_at, m.talking,
+                         bound.seq if bound else None)
+                    )
+        return {room: (self._status, tuple(sorted(items))) for room, items in view.items()}
+
+    def _changes(self) -> "_ChangeTracker":
+        return _ChangeTracker(self)
+
+    def _room_members(self, room: str) -> list[tuple[str, _Member]]:
+        return [
+            (bridge_id, member)
+            for bridge_id, members in self._members.items()
+            if self._bridge_rooms[bridge_id] == room
+            for member in members.values()
+        ]
+
+
+class _ChangeTracker:
+    """`with state._changes() as changed:` ... `changed.rooms` = rooms whose view differs."""
+
+    def __init__(self, state: ConferenceState) -> None:
+        self._state = state
+        self.rooms: set[str] = set()
+
+    def __enter__(self) -> "_ChangeTracker":
+        self._before = self._state._digest()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        after = self._state._digest()
+        self.rooms = {room for room in set(self._before) | set(after) if self._before.get(room) != after.get(room)}
+
+
+def _channel_id(channel: Mapping[str, Any]) -> str:
+    channel_id = channel["id"]
+    if not isinstance(channel_id, str) or not channel_id:
+        raise TypeError("channel id must be a non-empty string")
+    return channel_id
+
+
+def _member_from(channel: Mapping[str, Any], joined_at: str | None) -> _Member | None:
+    channel_id = _channel_id(channel)
+    name = channel.get("name")
+    name = name if isinstance(name, str) else ""
+    if _is_internal(name):
+        return None
+    caller = channel.get("caller")
+    caller = caller if isinstance(caller, Mapping) else {}
+    caller_name = caller.get("name")
+    caller_number = caller.get("number")
+    return _Member(
+        channel_id=channel_id,
+        channel_name=name,
+        caller_name=caller_name if isinstance(caller_name, str) else "",
+        caller_number=caller_number if isinstance(caller_number, str) else "",
+        joined_at=joined_at or _time(channel.get("creationtime")) or _EPOCH,
+    )
+
+
+def now_utc() -> datetime:
+    """For the asyncio side: the `now` to pass in."""
+    return datetime.now(timezone.utc)

@@ -1,0 +1,51 @@
+"""FastAGI: the wire format (protocol), an asyncio server (server), the stc-admit script (admission)."""
+
+from .admission import Admission, AdmissionHandler, PolicyRule, Refusal, RoomPolicy, make_admission_handler, room_of
+from .protocol import (
+    AgiCommandError,
+    AgiDeadChannel,
+    AgiError,
+    AgiHangup,
+    AgiInvalidCommand,
+    AgiProtocolError,
+    AgiReply,
+    AgiReplyParser,
+    AgiRequest,
+    AgiRequestParser,
+    AgiTimeout,
+    AgiUsageError,
+    parse_reply,
+    quote_arg,
+    split_args,
+)
+from .server import AgiConnectionClosed, AgiHandler, AgiServerCounters, AgiSession, FastAgiServer
+
+__all__ = [
+    "Admission",
+    "AdmissionHandler",
+    "AgiCommandError",
+    "AgiConnectionClosed",
+    "AgiDeadChannel",
+    "AgiError",
+    "AgiHandler",
+    "AgiHangup",
+    "AgiInvalidCommand",
+    "AgiProtocolError",
+    "AgiReply",
+    "AgiReplyParser",
+    "AgiRequest",
+    "AgiRequestParser",
+    "AgiServerCounters",
+    "AgiSession",
+    "AgiTimeout",
+    "AgiUsageError",
+    "FastAgiServer",
+    "PolicyRule",
+    "Refusal",
+    "RoomPolicy",
+    "make_admission_handler",
+    "parse_reply",
+    "quote_arg",
+    "room_of",
+    "split_args",
+]
