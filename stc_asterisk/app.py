@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from stc_wire.srtp import SrtpProfile
 
@@ -12,8 +12,11 @@ from .media import MediaRelay
 from .sip_relay import TunnelCalls
 from .tunnel_server import TunnelPeer, TunnelServer
 
+if TYPE_CHECKING:
+    from .rooms import RoomService
+
 log = logging.getLogger(__name__)
-CAPABILITIES = ("sip", "srtp")
+CAPABILITIES = ("sip", "srtp", "roster")
 
 
 class Admissions(Protocol):
@@ -31,6 +34,7 @@ class ServerApp:
         self.media = MediaRelay(wan_host=config.media.wan_host, pbx_host=config.media.pbx_host)
         self.admissions: Admissions | None = None
         self.tunnels: TunnelServer | None = None
+        self.rooms: "RoomService | None" = None
         self.sessions: dict[str, TunnelCalls] = {}
 
     async def _new_session(self, peer: TunnelPeer) -> TunnelCalls:
@@ -40,10 +44,18 @@ class ServerApp:
         return calls
 
     async def start(self) -> None:
+        if self.config.asterisk.watch_conferences:
+            from .rooms import RoomService
+
+            self.rooms = RoomService(self)
+            self.admissions = self.rooms
+            await self.rooms.start()
         self.tunnels = TunnelServer(self.config.tunnel, self._new_session, capabilities=CAPABILITIES)
         await self.tunnels.start()
 
     async def close(self) -> None:
         if self.tunnels is not None:
             await self.tunnels.close()
+        if self.rooms is not None:
+            await self.rooms.close()
         self.media.close()

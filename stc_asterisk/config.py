@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stc_wire.config import port_ok
 
@@ -41,10 +42,49 @@ class AsteriskSettings:
 
     sip_host: str = "127.0.0.1"
     sip_port: int = 5080
+    # FastAGI: where stc-server listens for the dialplan's AGI(agi://.../stc-admit).
+    fastagi_host: str = "127.0.0.1"
+    fastagi_port: int = 4573
+    # ARI (membership) and AMI (talking, kick). The demo secrets of asterisk-conf/.
+    ari_url: str = "http://127.0.0.1:8088"
+    ari_user: str = "stc"
+    ari_password: str = "stc-demo-ari"
+    ari_app: str = "stc"
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_user: str = "stc"
+    ami_secret: str = "stc-demo-ami"
+    # Off only for a server that relays calls without watching rooms (no roster, no admission).
+    watch_conferences: bool = True
 
     def validate(self) -> None:
-        if not port_ok(self.sip_port):
-            raise ValueError(f"sip_port: {self.sip_port} is not a UDP port")
+        for name in ("sip_port", "fastagi_port", "ami_port"):
+            if not port_ok(getattr(self, name)) and getattr(self, name) != 0:
+                raise ValueError(f"{name}: {getattr(self, name)} is not a port")
+        if not self.ari_url.startswith(("http://", "https://")):
+            raise ValueError(f"ari_url: {self.ari_url!r} is not an http(s) URL")
+
+
+@dataclass
+class RoomSettings:
+    """Who may join which room, and what happens to a channel without an stc identity.
+
+    `policy` maps a room (or "*") to rules; a rule is a table of certificate fields that must all
+    match (cn, o, ou, sip_uri, email, fingerprint) or {any = true}. No entry: any valid certificate.
+    """
+
+    unauthenticated: str = "eject"
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.unauthenticated not in ("eject", "flag"):
+            raise ValueError(f"unauthenticated: {self.unauthenticated!r} must be 'eject' or 'flag'")
+        from .fastagi import RoomPolicy
+
+        try:
+            RoomPolicy.from_mapping(self.policy)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"policy: {exc}") from None
 
 
 @dataclass
@@ -71,6 +111,7 @@ class ServerConfig:
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     asterisk: AsteriskSettings = field(default_factory=AsteriskSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    rooms: RoomSettings = field(default_factory=RoomSettings)
     log_level: str = "INFO"
 
     def validate(self) -> None:

@@ -329,6 +329,7 @@ class TunnelCalls:
             self._send_to_asterisk(cancel)
 
     async def on_close(self, info: CloseInfo) -> None:
+        self.app.sessions.pop(self.peer.id, None)
         for call in list(self.calls.values()):
             self._hang_up_towards_asterisk(call)
             self._release(call.call_id, f"tunnel closed: {info.reason}")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from pathlib import Path
 
-from stc_wire.messages import Message
+from stc_wire.messages import Message, RosterUpdate
+from stc_wire.roster import Roster, RosterError, RosterRejected, RosterVerifier
 from stc_wire.srtp import SrtpProfile
 
 from .config import ClientConfig
@@ -29,6 +31,9 @@ class ClientApp:
         self.window = None
         self._want_window = window
         self._task: asyncio.Task[None] | None = None
+        self.rosters: deque[Roster] = deque(maxlen=100)  # every verified roster, newest last
+        self._verifier: RosterVerifier | None = None
+        self._verifier_key: object = None
         self._build(config)
 
     def _build(self, config: ClientConfig) -> None:
@@ -81,7 +86,32 @@ class ClientApp:
             self.state.call_ended()
 
     async def on_message(self, message: Message) -> None:
-        await self.softphone.on_server_message(message)
+        if isinstance(message, RosterUpdate):
+            self._roster(message.data)
+        else:
+            await self.softphone.on_server_message(message)
+
+    def _roster(self, data: bytes) -> None:
+        """Verify (signature, room, version) before anything of it is believed or shown."""
+        if self.tunnel is None:
+            return
+        key = self.tunnel.server_certificate.public_key()
+        if self._verifier is None or self._verifier_key != key:
+            self._verifier = RosterVerifier.from_certificate(self.tunnel.server_certificate)
+            self._verifier_key = key
+        try:
+            roster = self._verifier.accept(data)
+        except RosterRejected as exc:
+            log.error("roster REFUSED (%s): %s", exc.reason, exc)
+            self.state.roster_rejected(exc)
+            return
+        except (RosterError, ValueError) as exc:
+            log.error("roster REFUSED (malformed): %s", exc)
+            self.state.roster_rejected("malformed", str(exc))
+            return
+        self.rosters.append(roster)
+        self.state.set_roster(roster)
+        log.info("%s", describe_roster(roster))
 
     async def _keep_tunnel(self) -> None:
         delay = 1.0
@@ -104,3 +134,18 @@ class ClientApp:
                 self.state.tunnel_down("tunnel-closed", f"the tunnel closed: {info.reason}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.config.server.reconnect_max_delay)
+
+
+def describe_roster(roster: Roster) -> str:
+    """The roster as the client prints it: one line per participant, the unauthenticated loudly."""
+    lines = [f"roster of room {roster.room}, version {roster.version}, state {roster.state}, "
+             f"{len(roster.entries)} participant(s):"]
+    for entry in roster.entries:
+        if entry.identity is None:
+            lines.append(f"  !! UNAUTHENTICATED channel {entry.channel_name} (claims caller id {entry.caller_id!r})")
+        else:
+            ident = entry.identity
+            lines.append(f"  - {ident.get('display_name')} <{', '.join(ident.get('sip_uris') or ident.get('emails') or [])}> "
+                         f"issuer {ident.get('issuer')}, SHA-256 {str(ident.get('fingerprint_sha256', ''))[:16]}..."
+                         f"{' (talking)' if entry.talking else ''}")
+    return "\n".join(lines)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from cryptography import x509
+
 from stc_wire.identity import CertificateRejected, PeerIdentity, TrustAnchors, check_server_certificate
 from stc_wire.messages import CloseCode, Hello, Message
 from stc_wire.stream import CloseInfo, TunnelStream
@@ -41,6 +43,7 @@ class ClientTunnel:
     own_identity: dict[str, Any] | None
     server_hello: Hello
     stream: TunnelStream
+    server_certificate: x509.Certificate
 
     async def send(self, message: Message) -> None:
         await self.stream.send(message)
@@ -77,10 +80,10 @@ async def open_tunnel(config: ClientConfig, *, capabilities: tuple[str, ...] = (
         raise TunnelRefused("server-unreachable", f"cannot connect to {server.host}:{server.port}: {exc.strerror or exc}") from None
 
     ssl_object = writer.get_extra_info("ssl_object")
+    server_der = ssl_object.getpeercert(binary_form=True)
     try:
         trust = TrustAnchors.load(ident.ca_bundle, None)
-        server_identity = check_server_certificate(
-            ssl_object.getpeercert(binary_form=True), trust, server.expected_name, datetime.now(timezone.utc))
+        server_identity = check_server_certificate(server_der, trust, server.expected_name, datetime.now(timezone.utc))
     except CertificateRejected as exc:
         writer.close()
         raise TunnelRefused("server-certificate-rejected", f"server certificate refused: {exc}") from None
@@ -100,4 +103,4 @@ async def open_tunnel(config: ClientConfig, *, capabilities: tuple[str, ...] = (
         raise TunnelRefused("protocol-error", f"tunnel set-up failed: {exc.reason}: {exc}") from None
     log.info("tunnel up to %s:%d: server %s, SHA-256 %s, protocol v%s", server.host, server.port,
              server_identity.subject, server_identity.fingerprint_sha256, stream.connection.version)
-    return ClientTunnel(server_identity, hello.peer, hello, stream)
+    return ClientTunnel(server_identity, hello.peer, hello, stream, x509.load_der_x509_certificate(server_der))

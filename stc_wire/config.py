@@ -72,6 +72,8 @@ def _resolve(path: Path, base: Path) -> Path:
 
 
 def _convert(hint: Any, value: Any, base: Path, source: str, key: str) -> Any:
+    if hint is Any:
+        return value
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]

@@ -9,10 +9,37 @@ from collections.abc import Callable
 
 import pytest
 
-from asterisk_lab import AmiClient, asterisk_rx, asterisk_version, event_is
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from asterisk_lab import AmiClient, asterisk_rx, asterisk_version, event_is, lab_start, lab_stop
 from sipp import UAC_CONF, UAC_WAIT_BYE, Codec, SippCaller
 
 pytestmark = pytest.mark.asterisk
+REPO = Path(__file__).resolve().parents[1]
+
+
+def direct_dial_variant(dest: Path) -> Path:
+    """asterisk-conf/ without the stc-admit gate: callers may dial rooms directly (lab smoke test only)."""
+    shutil.copytree(REPO / "asterisk-conf", dest)
+    dialplan = dest / "extensions.conf"
+    text = dialplan.read_text()
+    start, end = text.index("; >>> stc-admit"), text.index("; <<< stc-admit")
+    dialplan.write_text(text[:start] + text[end:])
+    return dest
+
+
+@pytest.fixture(scope="module")
+def asterisk_lab(asterisk_lab: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's lab Asterisk, restarted on the direct-dial variant for this module, then restored."""
+    lab_stop()
+    status = lab_start(direct_dial_variant(tmp_path_factory.mktemp("conf") / "asterisk-conf"))
+    try:
+        yield status
+    finally:
+        lab_stop()
+        lab_start()
 
 JOIN_TIMEOUT_S = 20.0
 LEAVE_TIMEOUT_S = 20.0

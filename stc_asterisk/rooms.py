@@ -1,0 +1,172 @@
+"""Who is in which conference, proven by certificate, told to everyone in it.
+
+Ties together: the per-call tokens the SIP relay puts on INVITEs, the FastAGI
+`stc-admit` script that binds an Asterisk channel to the token's tunnel
+identity, ARI (membership, rebuilt on every reconnect) and AMI (talking,
+kick), and the signed roster pushed through the tunnel to every participant
+of a room on every change. A channel in a conference without an stc identity
+is listed as UNAUTHENTICATED and, by policy, ejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+
+from stc_wire import messages as wire
+from stc_wire.identity import PeerIdentity
+from stc_wire.roster import RosterSigner, RosterVersions, iso_utc
+
+from .ami import AmiClient
+from .ari import AriClient
+from .conference import ConferenceState
+from .fastagi import Admission, FastAgiServer, RoomPolicy, make_admission_handler
+from .fastagi.protocol import AgiRequest
+from .tunnel_server import TunnelPeer
+
+if TYPE_CHECKING:
+    from .app import ServerApp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    peer_id: str
+    identity: PeerIdentity
+    call_id: str
+    room: str
+
+
+class RoomService:
+    def __init__(self, app: "ServerApp") -> None:
+        self.app = app
+        config = app.config
+        self.conference = ConferenceState()
+        self.versions = RosterVersions()
+        key_pem = config.tunnel.key.read_bytes()
+        self.signer = RosterSigner(load_pem_private_key(key_pem, password=None))  # type: ignore[arg-type]
+        cert = x509.load_pem_x509_certificate(config.tunnel.cert.read_bytes())
+        self.server_id = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+        self.policy = RoomPolicy.from_mapping(config.rooms.policy)
+        self.tokens: dict[str, TokenGrant] = {}
+        self.pushed: dict[str, int] = {}  # room -> last version pushed (for tests and logs)
+        ast = config.asterisk
+        self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {
+            "stc-admit": make_admission_handler(self.lookup_token, self.policy, self.on_admit)})
+        self.ari = AriClient(ast.ari_url, ast.ari_user, ast.ari_password, ast.ari_app)
+        self.ami = AmiClient(ast.ami_host, ast.ami_port, ast.ami_user, ast.ami_secret, on_event=self._ami_event,
+                             on_up=lambda: log.info("AMI up"), on_down=lambda exc: log.warning("AMI down: %s", exc))
+        self._ari_task: asyncio.Task[None] | None = None
+        self._push_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ejecting: set[str] = set()
+
+    async def start(self) -> None:
+        await self.fastagi.start()
+        await self.ami.start()
+        self._ari_task = asyncio.create_task(self.ari.run(self._ari_event, self._ari_connected, self._ari_lost))
+        log.info("admission FastAGI on %s:%d; following conferences through ARI %s and AMI %s:%d",
+                 self.app.config.asterisk.fastagi_host, self.fastagi.port, self.app.config.asterisk.ari_url,
+                 self.app.config.asterisk.ami_host, self.app.config.asterisk.ami_port)
+
+    async def close(self) -> None:
+        self.ari.stop()
+        if self._ari_task is not None:
+            self._ari_task.cancel()
+            await asyncio.gather(self._ari_task, return_exceptions=True)
+        await self.ari.close()
+        await self.ami.close()
+        await self.fastagi.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- tokens (the SIP relay's side) -------------------------------------------
+    def issue(self, peer: TunnelPeer, call_id: str, room: str) -> str:
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = TokenGrant(peer.id, peer.identity, call_id, room)
+        return token
+
+    def release(self, token: str) -> None:
+        self.tokens.pop(token, None)
+
+    def lookup_token(self, token: str) -> Admission | None:
+        grant = self.tokens.get(token)
+        if grant is None:
+            return None
+        return Admission(grant.identity, f"{grant.peer_id}/{grant.call_id}")
+
+    def on_admit(self, request: AgiRequest, identity: Any, room: str) -> None:
+        self._changed(self.conference.bind(request.uniqueid, identity) | {room})
+
+    # -- Asterisk events ------------------------------------------------------------
+    async def _ari_connected(self) -> None:
+        mark = self.conference.binding_mark()
+        bridges = await self.ari.get_bridges()
+        channels = await self.ari.get_channels()
+        changed = self.conference.rebuild(bridges, channels, binding_mark=mark)
+        log.info("conference state rebuilt from ARI: rooms %s", ", ".join(self.conference.rooms()) or "none")
+        self._changed(changed | set(self.conference.rooms()))
+
+    def _ari_lost(self, exc: BaseException | None) -> None:
+        log.warning("Asterisk unreachable (%s): conference state unknown until it is back", exc or "closed")
+        self._changed(self.conference.set_unknown())
+
+    def _ari_event(self, event: dict[str, Any]) -> None:
+        self._changed(self.conference.apply_ari(event))
+
+    def _ami_event(self, event: dict[str, Any]) -> None:
+        self._changed(self.conference.apply_ami(event))
+
+    # -- pushing rosters ------------------------------------------------------------
+    def _changed(self, rooms: set[str]) -> None:
+        if not rooms:
+            return
+        task = asyncio.get_running_loop().create_task(self._push(rooms))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _push(self, rooms: set[str]) -> None:
+        async with self._push_lock:  # versions go out in order
+            for room in sorted(rooms):
+                await self._push_room(room)
+                await self._enforce(room)
+
+    async def _push_room(self, room: str) -> None:
+        now = datetime.now(timezone.utc)
+        version = self.versions.next(room, time.time_ns() // 1000)
+        roster = self.conference.roster(room, server_id=self.server_id, version=version, issued_at=iso_utc(now))
+        signed = self.signer.sign(roster).to_bytes()
+        self.pushed[room] = version
+        for session in list(self.app.sessions.values()):
+            if any(call.room == room and call.confirmed for call in session.calls.values()):
+                try:
+                    await session.peer.send(wire.RosterUpdate(signed))
+                except Exception as exc:  # that tunnel is closing; the others still get it
+                    log.debug("roster to %s not sent: %s", session.peer.id, exc)
+        log.info("room %s roster v%d: %d participant(s), %d unauthenticated, state %s", room, version,
+                 len(roster.entries), len(roster.unauthenticated), roster.state)
+
+    async def _enforce(self, room: str) -> None:
+        if self.app.config.rooms.unauthenticated != "eject":
+            return
+        for channel in self.conference.unauthenticated(room):
+            if channel.channel_id in self._ejecting:
+                continue
+            self._ejecting.add(channel.channel_id)
+            log.warning("UNAUTHENTICATED channel %s (%s) in room %s: ejecting", channel.channel_name,
+                        channel.channel_id, room)
+            try:
+                await self.ari.hangup_channel(channel.channel_id, reason="normal")
+            except Exception as exc:
+                log.error("could not eject %s: %s", channel.channel_name, exc)
+                self._ejecting.discard(channel.channel_id)
