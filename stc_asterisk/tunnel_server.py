@@ -112,6 +112,8 @@ class TunnelServer:
             self._server.close()
         for peer in list(self.peers.values()):
             await peer.stream.close(CloseCode.SERVER_SHUTDOWN, "server shutting down")
+        if self._tasks:  # let sessions hang up their calls before anything is cancelled
+            await asyncio.wait(list(self._tasks), timeout=2)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -129,7 +131,9 @@ class TunnelServer:
         try:
             await self._serve(conn_id, address, reader, writer, clog)
         except asyncio.CancelledError:
-            raise
+            # Server shutdown. Ending normally keeps 3.11's stream callback from logging
+            # the cancellation as an error.
+            pass
         except Exception:  # one tunnel's bug must not take the server down
             clog.exception("[%s] tunnel from %s:%d failed", conn_id, *address)
         finally:
