@@ -6,7 +6,9 @@ They never skip: without root or the lab, they fail with the lab script's messag
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +17,21 @@ from asterisk_lab import SIP_HOST, SIP_PORT, lab_start, lab_stop
 from sipp import SippCaller
 
 
+LAB_LOCK = Path("/run/lock/stc-asterisk-lab.lock")
+
+
 @pytest.fixture(scope="session")
-def asterisk_lab() -> Iterator[str]:
+def lab_lock() -> Iterator[None]:
+    """The lab has fixed ports and one root: a test session holds an exclusive lock on it, so a
+    second test run (or a benchmark) on the same machine waits instead of colliding."""
+    LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LAB_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="session")
+def asterisk_lab(lab_lock: None) -> Iterator[str]:
     """Asterisk 22 booted with asterisk-conf/ for the whole session (set up on first use),
     stopped at the end even when tests fail. Yields the lab's status line."""
     status = lab_start()

@@ -84,7 +84,7 @@ def run_demo_check() -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def test_demo_check_puts_three_callers_in_the_room_and_leaves_nothing_behind() -> None:
+def test_demo_check_puts_three_callers_in_the_room_and_leaves_nothing_behind(lab_lock: None) -> None:
     assert not demo_processes(), "demo processes run before the test"
     assert not busy_ports(), "demo ports are in use before the test"
     asterisk_was_running = lab_running()
