@@ -3,7 +3,7 @@
 Each side of a call makes an ephemeral X25519 key and sends its public key in a tunnel frame.
 Both derive, from the shared secret and a transcript that binds the call, four SRTP master
 keys (key || salt): one for SRTP and one for SRTCP in each direction. The exact encoding is in
-docs/key-derivation.md, with a test vector that tests/test_media_keys.py checks.
+docs/protocol.md (Per-call SRTP key derivation), with a test vector that tests/test_media_keys.py checks.
 """
 
 from __future__ import annotations

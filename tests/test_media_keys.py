@@ -27,7 +27,7 @@ RFC7748_SHARED = bytes.fromhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e33
 CALL_ID = "a84b4c76e66710@pc33.example.com"
 STREAM_ID = "1"
 
-# docs/key-derivation.md, "Test vector".
+# docs/protocol.md, "Test vector".
 VECTORS = {
     SrtpProfile.AES_CM_128_HMAC_SHA1_80: (
         "3b184832e5a896ea50e43258d3b036383c65e43542abce6e3feeec96abab6076",
