@@ -29,12 +29,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     PYTHON=$(command -v python3)
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import stc_wire, pytest' 2>/dev/null; then
+if [ ! -x .venv/bin/python ]; then
     say "virtual environment (.venv) with $("$PYTHON" --version)"
     "$PYTHON" -m venv .venv
     .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[test]'
 fi
+# Every time: quick when nothing changed, and picks up a changed pyproject.toml.
+.venv/bin/pip install -q -e '.[test]'
 
 say "Asterisk lab (Debian sid root with Asterisk 22, SIPp, tshark)"
 bash scripts/asterisk-lab.sh setup

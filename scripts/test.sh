@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh scripts/test.sh
 
+# The browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
+if ! command -v chromium >/dev/null; then
+    printf '== %s\n' "installing chromium for the browser tests" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+fi
+
 printf '== %s\n' "tests" >&2
 mkdir -p artifacts
 exec .venv/bin/python -m pytest -p no:cacheprovider -rs "$@"
