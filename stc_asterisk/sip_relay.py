@@ -15,12 +15,21 @@ import logging
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from stc_wire import messages as wire
 from stc_wire.media_keys import CallKeys, KeyAgreement, KeyAgreementError, ProfileMismatch, Side, negotiate_profile
 from stc_wire.sdp import RelayRefused, SdpError
-from stc_wire.sip import SipParseError, SipRequest, SipResponse, make_response, new_branch, parse_message
+from stc_wire.sip import (
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    make_response,
+    new_branch,
+    parse_message,
+    uri_with_host_port,
+)
 from stc_wire.sip_proxy import (
     is_initial_invite,
     point_contact_at,
@@ -174,7 +183,7 @@ class TunnelCalls:
                 return
             push_via(msg, *self._local, self._secret)
             host, port = self.asterisk_address
-            msg.uri = _with_host_port(msg.uri, host, port)
+            msg.uri = uri_with_host_port(msg.uri, host, port)
             if call is not None:
                 call.max_cseq = max(call.max_cseq, msg.cseq[0])
                 if msg.method == "INVITE" and msg.to_tag is None:
@@ -195,7 +204,7 @@ class TunnelCalls:
         if call is None:
             await self._refuse(invite, 488, "no media keys were agreed for this call")
             return False
-        if sdp_of_or_none(invite) is None:
+        if not invite.body:
             await self._refuse(invite, 488, "stc needs an SDP offer in the INVITE")
             self._release(invite.call_id, "INVITE without SDP")
             return False
@@ -284,7 +293,7 @@ class TunnelCalls:
         except Exception as exc:  # the tunnel is going away; on_close cleans up
             log.debug("[%s] cannot send to client: %s", self.peer.id, exc)
 
-    def _spawn(self, coro: "asyncio.Future[None] | asyncio.coroutines.Coroutine[None, None, None]") -> None:  # type: ignore[name-defined]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -341,14 +350,3 @@ class TunnelCalls:
             self._transport.close()
 
 
-def sdp_of_or_none(msg: SipRequest | SipResponse) -> object | None:
-    try:
-        return sdp_of(msg)
-    except SdpError:
-        return None
-
-
-def _with_host_port(uri: str, host: str, port: int) -> str:
-    from stc_wire.sip import uri_with_host_port
-
-    return uri_with_host_port(uri, host, port)

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Protocol
 
 from stc_wire.identity import CertificateRejected, PeerIdentity, TrustAnchors, check_client_certificate

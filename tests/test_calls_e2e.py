@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from asterisk_lab import AmiClient, event_is
 from capture import Capture, g711a_payloads
-from sipp import G711A_PCAP, UAC_CONF, UAC_WAIT_BYE, Codec, SippCaller
+from sipp import G711A_PCAP, UAC_WAIT_BYE, Codec, SippCaller
 from stack import WAN_HOST, Stack, stc_stack, wait_until
 from stc_wire.srtp import SrtpDropped, SrtpUnprotector
 from tests.certs import TestPki, make_test_pki
@@ -44,10 +43,10 @@ async def test_three_callers_through_stc_hear_each_other(asterisk_lab: str, pki:
         third = caller(sipp_callers, stack, "carol", codec=Codec.PCMU, hold_ms=9000)
         for c in (listener, third):
             c.start()
-        joins = await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
+        await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
         with Capture(f"udp and dst host 127.0.0.1 and dst port {listener.media_port}") as at_listener:
             talker.start()
-            joins = await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 3, timeout=20, since=since)
+            await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 3, timeout=20, since=since)
             members = await ami.confbridge_list(ROOM)
             assert len(members) == 3
             # green light on every client while in the call

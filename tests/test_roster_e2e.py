@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from asterisk_lab import SIP_HOST, SIP_PORT, AmiClient, asterisk_rx, event_is, lab_start, lab_stop
-from sipp import UAC_CONF, UAC_WAIT_BYE, Codec, SippCaller
+from sipp import UAC_WAIT_BYE, Codec, SippCaller
 from stack import Stack, stc_stack, wait_until
 from stc_client.app import ClientApp
 from stc_wire.roster import Roster

@@ -6,8 +6,6 @@ import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +14,7 @@ from stc_asterisk.tunnel_server import TunnelPeer, TunnelServer
 from stc_client.config import ClientConfig, IdentitySettings, ServerSettings
 from stc_client.tunnel_client import ClientTunnel, TunnelRefused, open_tunnel
 from stc_wire.framing import HEADER, FrameType, encode_frame
-from stc_wire.messages import Hello, Message, Ping, Pong, SipMessage, encode_message
+from stc_wire.messages import Hello, Message, Pong, SipMessage, encode_message
 from stc_wire.stream import CloseInfo
 from tests.certs import CertFiles, TestPki, make_test_pki
 
