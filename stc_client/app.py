@@ -110,8 +110,13 @@ class ClientApp:
             self.state.roster_rejected("malformed", str(exc))
             return
         self.rosters.append(roster)
-        self.state.set_roster(roster)
         log.info("%s", describe_roster(roster))
+        if self.state.call is None:
+            # A push that crossed our hang-up (or came before our 200 OK): the window shows
+            # only the roster of the call it is in; the next push after joining brings it.
+            log.debug("roster v%d of room %s not shown: not in a call", roster.version, roster.room)
+            return
+        self.state.set_roster(roster)
 
     async def _keep_tunnel(self) -> None:
         delay = 1.0

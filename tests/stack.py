@@ -8,26 +8,46 @@ the softphones stay on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from asterisk_lab import SIP_HOST, SIP_PORT
+from sipp import free_udp_port
+
 from stc_asterisk.app import ServerApp
-from stc_asterisk.config import AsteriskSettings, MediaSettings, ServerConfig, TunnelSettings
+from stc_asterisk.config import (
+    AsteriskSettings,
+    MediaSettings,
+    RoomSettings,
+    ServerConfig,
+    TunnelSettings,
+)
 from stc_client.app import ClientApp
-from stc_client.config import ClientConfig, IdentitySettings, MediaSettings as ClientMediaSettings, ServerSettings, SipSettings
+from stc_client.config import (
+    ClientConfig,
+    IdentitySettings,
+    ServerSettings,
+    SipSettings,
+)
+from stc_client.config import MediaSettings as ClientMediaSettings
+from stc_client.settings import dumps_toml
+from stc_wire.config import load_config
 from tests.certs import TestPki
 
 WAN_HOST = "127.0.0.2"
 
 
-def server_config(pki: TestPki, **media: object) -> ServerConfig:
+def server_config(pki: TestPki, *, listen_port: int = 0, unauthenticated: str = "eject", **media: object) -> ServerConfig:
+    """`listen_port` 0: any free port; `unauthenticated`: the rooms' policy ("eject" or "flag")."""
     return ServerConfig(
-        tunnel=TunnelSettings(listen_host=WAN_HOST, listen_port=0, cert=pki.server.cert, key=pki.server.key,
+        tunnel=TunnelSettings(listen_host=WAN_HOST, listen_port=listen_port, cert=pki.server.cert, key=pki.server.key,
                               ca_bundle=pki.ca, crl=pki.crl, keepalive_interval=2, keepalive_timeout=6),
         asterisk=AsteriskSettings(sip_host=SIP_HOST, sip_port=SIP_PORT),
         media=replace(MediaSettings(wan_host=WAN_HOST, pbx_host="127.0.0.1"), **media),  # type: ignore[arg-type]
+        rooms=RoomSettings(unauthenticated=unauthenticated),
     )
 
 
@@ -41,6 +61,40 @@ def client_config(pki: TestPki, user: str, server_port: int, profiles: tuple[str
     )
 
 
+def free_tcp_port(host: str = WAN_HOST) -> int:
+    """A TCP port nothing listens on right now (for a server started later)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def write_client_config(pki: TestPki, user: str, server_port: int, config_dir: Path,
+                        profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)) -> Path:
+    """client_config() as a TOML file in `config_dir` (so the window can save settings to it), with
+    the window on a free port ([ui] port 0) and the softphone side on a free UDP port."""
+    config = client_config(pki, user, server_port, profiles)
+    s, i = config.server, config.identity
+    doc = {
+        "server": {"host": s.host, "port": s.port, "name": s.name, "keepalive_interval": s.keepalive_interval,
+                   "keepalive_timeout": s.keepalive_timeout, "reconnect_max_delay": s.reconnect_max_delay},
+        "identity": {"cert": str(i.cert), "key": str(i.key), "ca_bundle": str(i.ca_bundle)},
+        "sip": {"listen_host": config.sip.listen_host, "listen_port": free_udp_port(config.sip.listen_host)},
+        "media": {"srtp_profiles": list(profiles)},
+        "ui": {"host": "127.0.0.1", "port": 0},
+    }
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / f"{user}.toml"
+    path.write_text(dumps_toml(doc), encoding="utf-8")
+    return path
+
+
+async def start_window_client(config_path: Path) -> ClientApp:
+    """A client as `stc-client --config PATH` starts it, window included; it does not wait for the tunnel."""
+    client = ClientApp(load_config(ClientConfig, config_path), config_path=config_path, window=True)
+    await client.start()
+    return client
+
+
 @dataclass
 class Stack:
     pki: TestPki
@@ -52,12 +106,18 @@ class Stack:
         assert self.server.tunnels is not None
         return self.server.tunnels.port
 
-    async def add_client(self, user: str, profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)) -> ClientApp:
-        client = ClientApp(client_config(self.pki, user, self.server_port, profiles))
-        await client.start()
+    async def add_client(self, user: str, profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",), *,
+                         config_dir: Path | None = None) -> ClientApp:
+        """A client whose tunnel is up. With `config_dir`, it runs from a config file written there and
+        serves its window (`client.window.url`), as write_client_config() describes."""
+        if config_dir is None:
+            client = ClientApp(client_config(self.pki, user, self.server_port, profiles))
+            await client.start()
+        else:
+            client = await start_window_client(write_client_config(self.pki, user, self.server_port, config_dir, profiles))
+        self.clients[user] = client  # closed with the stack even if the tunnel never comes up
         async with asyncio.timeout(10):
             await client.tunnel_up.wait()
-        self.clients[user] = client
         return client
 
     def sip_port(self, user: str) -> int:
@@ -65,8 +125,10 @@ class Stack:
 
 
 @asynccontextmanager
-async def stc_stack(pki: TestPki, users: tuple[str, ...] = (), **media: object) -> AsyncIterator[Stack]:
-    server = ServerApp(server_config(pki, **media))
+async def stc_stack(pki: TestPki, users: tuple[str, ...] = (), *, listen_port: int = 0, unauthenticated: str = "eject",
+                    **media: object) -> AsyncIterator[Stack]:
+    """A started server (see server_config for the options) and a client per user, all closed on exit."""
+    server = ServerApp(server_config(pki, listen_port=listen_port, unauthenticated=unauthenticated, **media))
     await server.start()
     stack = Stack(pki, server)
     try:

@@ -120,13 +120,19 @@
     body.replaceChildren(...rows.map((r) => rosterRow(r, open.has(r.channel_id))));
   }
 
+  // Asterisk writes a caller id as `"Name" <number>`; quote the name once, not twice.
+  function quotedCallerId(callerId) {
+    const m = /^"(.*)" (<[^>]*>)$/.exec(callerId);
+    return m ? `“${m[1]}” ${m[2]}` : `“${callerId}”`;
+  }
+
   function rosterRow(r, fingerprintOpen) {
     const talking = r.talking
       ? el("span", { class: "talk on" }, el("span", { class: "dot", "aria-hidden": "true" }), "speaking")
       : el("span", { class: "talk" }, "silent");
     const joined = el("td", {}, timeEl(r.joined_at, false));
     if (!r.authenticated) {
-      const claim = r.caller_id ? `claims to be “${r.caller_id}”` : "no caller id";
+      const claim = r.caller_id ? `claims to be ${quotedCallerId(r.caller_id)}` : "no caller id";
       return el("tr", { class: "unauth", "data-channel": r.channel_id },
         el("th", { scope: "row" }, el("span", { class: "badge danger" }, "UNAUTHENTICATED"), " ",
           el("span", { class: "claim" }, claim), el("br"), el("code", { class: "small" }, r.channel_name)),
