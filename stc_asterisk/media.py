@@ -4,13 +4,14 @@ Per call: an even/odd wan port pair where the client sends SRTP/SRTCP, and an ev
 pair that goes into the SDP given to Asterisk. The packet logic is `stc_wire.rtp`'s pure
 `InboundPath`/`OutboundPath`; this module only moves datagrams.
 
-Hot path: the stock asyncio loop costs about 18 us per datagram per socket (a selector event, a
-`Handle`, a transport, a protocol call: docs/libraries.md). With a socket per flow at 50 packets
-a second, nearly every wake-up carries one datagram, so batching per socket gains nothing.
-Instead all the relay's sockets sit in one epoll set of our own; the event loop watches only that
-epoll fd, and one callback reads one datagram from each ready socket and runs it through its
-path. That is one loop callback for every socket ready at once, and it works the same under
-asyncio and uvloop. Where `select.epoll` is missing, each socket gets `loop.add_reader`.
+Hot path: with a socket per flow at 50 packets a second, nearly every wake-up of the loop
+carries one datagram per socket, and the stock asyncio loop spends about 18 us on each (a selector
+event, a `Handle`, a transport, a protocol call: docs/libraries.md). So the relay's sockets are not
+asyncio transports: they sit in one epoll set of our own, the loop watches only that epoll fd, and
+one callback reads one datagram from every ready socket and runs it through its path, with no
+per-datagram objects beyond the bytes. This works the same under asyncio and uvloop. Where
+`select.epoll` is missing, each socket gets `loop.add_reader` (and no batching).
+Measured figures and the `batch_interval` trade-off: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = ["CallMediaPorts", "MediaRelay", "UnknownCall"]
 logger = logging.getLogger(__name__)
 
 _RECV_SIZE = 2048  # above any RTP on an Ethernet path; libsrtp refuses more than 1500 anyway
+_MAX_PASSES_PER_TICK = 8  # with batching: datagrams read per socket per tick, at most
 Handler = Callable[[bytes, tuple[str, int]], None]
 
 
@@ -52,14 +54,27 @@ class CallMediaPorts:
 
 
 class _Readiness:
-    """Runs a socket's handler on one datagram each time the socket is readable."""
+    """Runs a socket's handler on one datagram each time the socket is readable.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    With `batch_interval` (seconds) the relay's sockets are not watched by the loop at all:
+    a timer drains every ready socket once per interval. Each wake-up of a process costs far
+    more than relaying one datagram (tens of microseconds on a VM), so this bounds wake-ups to
+    1/interval a second whatever the load, and adds up to one interval of delay (asyncio and
+    uvloop timers have millisecond resolution).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, batch_interval: float | None = None) -> None:
         self._loop = loop
         self._table: dict[int, tuple[Callable[[int], tuple[bytes, tuple[str, int]]], Handler]] = {}
+        self.wakeups = 0  # loop callbacks run: datagrams / wakeups is the batching achieved
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        self._interval = batch_interval
+        self._timer: asyncio.TimerHandle | None = None
         if self._epoll is not None:
-            loop.add_reader(self._epoll.fileno(), self._dispatch)
+            if batch_interval is None:
+                loop.add_reader(self._epoll.fileno(), self._dispatch)
+            else:
+                self._timer = loop.call_later(batch_interval, self._tick)
 
     def add(self, sock: socket.socket, handler: Handler) -> None:
         fd = sock.fileno()
@@ -79,19 +94,28 @@ class _Readiness:
             self._loop.remove_reader(fd)
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._epoll is not None:
-            self._loop.remove_reader(self._epoll.fileno())
+            if self._interval is None:
+                self._loop.remove_reader(self._epoll.fileno())
             self._epoll.close()
         else:
             for fd in self._table:
                 self._loop.remove_reader(fd)
         self._table.clear()
 
-    def _dispatch(self) -> None:
-        # Level-triggered: a socket with more datagrams queued is reported again next time,
-        # so reading one each keeps every call served in turn.
+    def _dispatch(self) -> int:
+        """One datagram from every ready socket; returns how many sockets were ready.
+
+        Level-triggered: a socket with more datagrams queued is reported again next time, so
+        reading one each keeps every call served in turn.
+        """
         table = self._table
-        for fd, _ in self._epoll.poll(0):  # type: ignore[union-attr]
+        self.wakeups += 1
+        events = self._epoll.poll(0)  # type: ignore[union-attr]
+        for fd, _ in events:
             entry = table.get(fd)
             if entry is None:
                 continue
@@ -104,6 +128,16 @@ class _Readiness:
                 handler(data, source)
             except Exception:  # a bug must not stop every other call's media
                 logger.exception("media handler failed")
+        return len(events)
+
+    def _tick(self) -> None:
+        assert self._interval is not None
+        self._timer = self._loop.call_later(self._interval, self._tick)
+        wakeups = self.wakeups
+        for _ in range(_MAX_PASSES_PER_TICK):  # a socket may hold several datagrams by now
+            if not self._dispatch():
+                break
+        self.wakeups = wakeups + 1  # one wake-up, however many passes
 
     def _read_one(self, fd: int) -> None:
         entry = self._table.get(fd)
@@ -165,7 +199,9 @@ class MediaRelay:
     """All calls' media of one stc-server process, on the running event loop.
 
     `wan_ports` / `pbx_ports` restrict the ports used (a firewall range); by default the kernel's
-    ephemeral ports are used. Not thread-safe: call it from the loop's thread.
+    ephemeral ports are used. `batch_interval` (seconds, e.g. 0.001) trades up to that much
+    added delay for far fewer wake-ups under load (see `_Readiness`); by default every datagram
+    is relayed as soon as the loop sees it. Not thread-safe: call it from the loop's thread.
     """
 
     def __init__(
@@ -175,6 +211,7 @@ class MediaRelay:
         pbx_host: str = "127.0.0.1",
         wan_ports: range | None = None,
         pbx_ports: range | None = None,
+        batch_interval: float | None = None,
     ) -> None:
         self.wan_host = wan_host
         self.pbx_host = pbx_host
@@ -183,13 +220,14 @@ class MediaRelay:
         self._calls: dict[str, _Call] = {}
         self._closed_totals = RelayStats()
         self._readiness: _Readiness | None = None
+        self._batch_interval = batch_interval
 
     async def open_call(self, call_tag: str, keys: CallKeys | None = None) -> CallMediaPorts:
         """Bind the call's four sockets and start relaying; keys now or by `install_keys`."""
         if call_tag in self._calls:
             raise ValueError(f"media call {call_tag!r} is already open")
         if self._readiness is None:
-            self._readiness = _Readiness(asyncio.get_running_loop())
+            self._readiness = _Readiness(asyncio.get_running_loop(), self._batch_interval)
         wan = bind_udp_pair(self.wan_host, self._wan_ports)
         try:
             pbx = bind_udp_pair(self.pbx_host, self._pbx_ports)
@@ -255,6 +293,11 @@ class MediaRelay:
     @property
     def open_calls(self) -> int:
         return len(self._calls)
+
+    @property
+    def wakeups(self) -> int:
+        """How many times the loop ran the relay's socket callback (for benchmarks)."""
+        return 0 if self._readiness is None else self._readiness.wakeups
 
     def close(self) -> None:
         """Close every call and stop watching sockets."""

@@ -167,7 +167,7 @@ class InboundPath:
         if source != secure.address:
             logger.info("%s now at %s:%s", secure.label, source[0], source[1])
             secure.address = source
-        if is_latch_keepalive(plain):
+        if len(plain) == 12 and is_latch_keepalive(plain):  # length first: cheap on the hot path
             stats.keepalives += 1  # it did its job (latching); Asterisk never sees it
             return
         destination = self.plain_peer.address

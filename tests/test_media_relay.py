@@ -3,7 +3,9 @@
 softphone <-> ClientMedia <-> WireTap <-> MediaRelay <-> fake Asterisk
 
 The tap sits on the wire between client and server: it records every SRTP packet and can alter,
-replay or re-route them, as an attacker on the network (or a NAT) would.
+replay or re-route them, as an attacker on the network (or a NAT) would. Besides the media, the
+client sends latch keep-alives once keyed (a 12-byte RTP header the server swallows, and an empty
+RTCP receiver report that goes on to Asterisk); `media_only` and `recv_media` skip them.
 """
 
 from __future__ import annotations
@@ -48,11 +50,35 @@ async def recv(sock: socket.socket) -> tuple[bytes, tuple[str, int]]:
     return await asyncio.wait_for(loop.sock_recvfrom(sock, 4096), WAIT)
 
 
+async def recv_media(sock: socket.socket) -> bytes:
+    """The next datagram that is not an empty RTCP receiver report (a latch keep-alive)."""
+    for _ in range(20):
+        data, _ = await recv(sock)
+        if len(data) != 8:
+            return data
+    raise AssertionError("only keep-alives arrived")
+
+
+def media_only(srtp_packets: list[bytes]) -> list[bytes]:
+    """Drop keep-alives (12-byte RTP or 8-byte RTCP before the SRTP trailer) from a capture."""
+    return [packet for packet in srtp_packets if len(packet) > 100]
+
+
 async def nothing_arrives(sock: socket.socket, within: float = 0.2) -> bool:
     try:
         await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(sock, 4096), within)
     except asyncio.TimeoutError:
         return True
+    return False
+
+
+async def nothing_arrives_into(sock: socket.socket, received: list[bytes], within: float) -> bool:
+    """Wait for one datagram (appended to `received`); True if none came within `within`."""
+    try:
+        data, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(sock, 4096), within)
+    except asyncio.TimeoutError:
+        return True
+    received.append(data)
     return False
 
 
@@ -78,7 +104,7 @@ class WireTap:
     server_address: tuple[str, int]
     to_server: list[bytes] = field(default_factory=list)
     to_client: list[bytes] = field(default_factory=list)
-    tamper: Callable[[bytes], bytes] | None = None  # applied once to the next client->server packet
+    tamper: Callable[[bytes], bytes] | None = None  # applied once to the next client->server media
     client_address: tuple[str, int] | None = None
     client_side: asyncio.DatagramTransport | None = None
     server_side: asyncio.DatagramTransport | None = None
@@ -104,7 +130,7 @@ class WireTap:
     def _from_client(self, data: bytes, addr: tuple[str, int]) -> None:
         self.client_address = addr
         self.to_server.append(data)
-        if self.tamper is not None:
+        if self.tamper is not None and len(data) > 100:  # the next media packet, not a keep-alive
             data, self.tamper = self.tamper(data), None
         assert self.server_side is not None
         self.server_side.sendto(data, self.server_address)
@@ -164,9 +190,11 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(profile: SrtpProfile = SrtpProfile.AES_CM_128_HMAC_SHA1_80) -> AsyncIterator[Rig]:
+async def rig(
+    profile: SrtpProfile = SrtpProfile.AES_CM_128_HMAC_SHA1_80, batch_interval: float | None = None
+) -> AsyncIterator[Rig]:
     keys = call_keys(profile)
-    relay = MediaRelay(wan_host=HOST, pbx_host=HOST)
+    relay = MediaRelay(wan_host=HOST, pbx_host=HOST, batch_interval=batch_interval)
     client = ClientMedia(HOST, wan_bind_host=HOST)
     softphone_rtp, softphone_rtcp = bind_udp_pair(HOST)
     asterisk_rtp, asterisk_rtcp = bind_udp_pair(HOST)
@@ -222,55 +250,89 @@ async def test_rtp_both_ways_arrives_intact_and_is_encrypted_on_the_wire(profile
         assert got_up == sent_up
         assert got_down == sent_down
 
-        on_wire = r.tap_rtp.to_server + r.tap_rtp.to_client
-        assert len(r.tap_rtp.to_server) == 6 and len(r.tap_rtp.to_client) == 6
+        up_wire, down_wire = media_only(r.tap_rtp.to_server), r.tap_rtp.to_client
+        assert len(up_wire) == 6 and len(down_wire) == 6
         other = call_keys(profile, call_id="another-call@test")
         eavesdropper_up = SrtpUnprotector(profile, other.client_to_server_srtp, other.client_to_server_srtcp)
         eavesdropper_down = SrtpUnprotector(profile, other.server_to_client_srtp, other.server_to_client_srtcp)
-        for plain, secure in zip(sent_up + sent_down, r.tap_rtp.to_server + r.tap_rtp.to_client):
+        for plain, secure in zip(sent_up + sent_down, up_wire + down_wire):
             assert secure != plain
             assert plain[12:] not in secure  # the payload is not carried in clear
             assert secure[:12] == plain[:12]  # SRTP keeps the RTP header readable
-        for secure in r.tap_rtp.to_server:
+        for secure in up_wire:
             with pytest.raises(SrtpDropped) as dropped:
                 eavesdropper_up.unprotect_rtp(secure)
             assert dropped.value.reason.value == "auth"
-        for secure in r.tap_rtp.to_client:
+        for secure in down_wire:
             with pytest.raises(SrtpDropped):
                 eavesdropper_down.unprotect_rtp(secure)
-        assert len(on_wire) == 12
 
+        # Keep-alives are swallowed by the server (RTP) or passed on (the empty RTCP report).
+        def counted() -> bool:
+            server = r.server_stats()
+            rtcp_up = r.tap_rtcp.to_server
+            return (
+                server.keepalives == len(r.tap_rtp.to_server) - 6
+                and server.inbound_packets == 6 + len(rtcp_up)
+                and server.inbound_bytes == sum(map(len, up_wire)) + sum(map(len, rtcp_up))
+            )
+
+        await until(counted)
         server, client = r.server_stats(), r.client_stats()
-        assert (server.inbound_packets, server.outbound_packets) == (6, 6)
+        assert server.keepalives >= 1
+        assert server.outbound_packets == 6
         assert (client.inbound_packets, client.outbound_packets) == (6, 6)
         assert server.drops == 0 and client.drops == 0
-        assert server.inbound_bytes == sum(map(len, r.tap_rtp.to_server))
 
 
 async def test_rtcp_both_ways() -> None:
     async with rig() as r:
         up = rtcp_receiver_report(0x11111111)
+        up = up + b"\x81\xca\x00\x02" + struct.pack("!I", 0x11111111) + b"\x01\x02ab"  # + SDES CNAME
         r.softphone_rtcp.sendto(up, (HOST, r.softphone_ports[1]))
-        assert (await recv(r.asterisk_rtcp))[0] == up
+        assert await recv_media(r.asterisk_rtcp) == up
         down = rtcp_receiver_report(0x22222222)
         r.asterisk_rtcp.sendto(down, (HOST, r.pbx_ports[1]))
         assert (await recv(r.softphone_rtcp))[0] == down
-        assert r.tap_rtcp.to_server[0] != up and r.tap_rtcp.to_client[0] != down
+        assert r.tap_rtcp.to_server[-1][:8] == up[:8] and r.tap_rtcp.to_server[-1][8:] != up[8:]
+        assert r.tap_rtcp.to_client[0] != down
         # SRTCP is keyed apart from SRTP: the RTP key does not open it.
         rtp_key_only = SrtpUnprotector(r.keys.profile, r.keys.client_to_server_srtp, r.keys.client_to_server_srtp)
         with pytest.raises(SrtpDropped):
             rtp_key_only.unprotect_rtcp(r.tap_rtcp.to_server[0])
-        assert r.server_stats().inbound_packets == 1 and r.server_stats().outbound_packets == 1
+        assert r.server_stats().outbound_packets == 1 and r.client_stats().outbound_packets == 1
 
 
-async def test_asterisk_media_before_the_client_is_latched_is_dropped() -> None:
-    async with rig() as r:
-        r.asterisk_rtp.sendto(rtp_packet(1, payload_type=0, ssrc=5, payload=bytes(160)), (HOST, r.pbx_ports[0]))
-        await until(lambda: r.server_stats().no_destination_drops == 1)
-        assert r.tap_rtp.to_client == []
-        await r.softphone_says(1)  # latches the client
-        _, got = await r.asterisk_says(2)
-        assert got[2:4] == b"\x00\x02"
+async def test_client_keepalive_latches_before_the_softphone_speaks() -> None:
+    """Asterisk's media is dropped until the client is latched; the keyed client's keep-alive
+    latches it, so Asterisk reaches a softphone that has not sent anything yet."""
+    keys = call_keys(SrtpProfile.AES_CM_128_HMAC_SHA1_80)
+    relay = MediaRelay(wan_host=HOST, pbx_host=HOST)
+    client = ClientMedia(HOST, wan_bind_host=HOST)
+    softphone_rtp, softphone_rtcp = bind_udp_pair(HOST)
+    asterisk_rtp, asterisk_rtcp = bind_udp_pair(HOST)
+    try:
+        ports = await relay.open_call("c1", keys)
+        relay.set_asterisk_media("c1", HOST, asterisk_rtp.getsockname()[1], asterisk_rtcp.getsockname()[1])
+        packet = rtp_packet(1, payload_type=8, ssrc=5, payload=os.urandom(160))
+        asterisk_rtp.sendto(packet, (HOST, ports.pbx_rtp_port))
+        await until(lambda: relay.stats("c1").no_destination_drops == 1)
+
+        local = await client.open_call("c1")
+        client.set_softphone_media("c1", HOST, softphone_rtp.getsockname()[1], softphone_rtcp.getsockname()[1])
+        client.install_keys("c1", keys, ports.wan_rtp_port, ports.wan_rtcp_port)
+        await until(lambda: relay.stats("c1").keepalives >= 1)
+        assert await nothing_arrives(asterisk_rtp, 0.05)  # the RTP keep-alive stops at the server
+
+        packet = rtp_packet(2, payload_type=8, ssrc=5, payload=os.urandom(160))
+        asterisk_rtp.sendto(packet, (HOST, ports.pbx_rtp_port))
+        assert (await recv(softphone_rtp))[0] == packet
+        assert client.stats("c1").outbound_packets == 0 and local.softphone_rtp_port % 2 == 0
+    finally:
+        relay.close()
+        client.close()
+        for sock in (softphone_rtp, softphone_rtcp, asterisk_rtp, asterisk_rtcp):
+            sock.close()
 
 
 async def test_flipped_byte_is_dropped_as_auth_failure() -> None:
@@ -302,7 +364,7 @@ async def test_resent_old_packet_is_dropped_as_replay() -> None:
     async with rig() as r:
         for seq in (1, 2, 3):
             await r.softphone_says(seq)
-        r.tap_rtp.inject_to_server(r.tap_rtp.to_server[0])
+        r.tap_rtp.inject_to_server(media_only(r.tap_rtp.to_server)[0])
         await until(lambda: r.server_stats().replay_drops == 1)
         assert await nothing_arrives(r.asterisk_rtp)
         assert r.server_stats().auth_drops == 0
@@ -322,8 +384,9 @@ async def test_client_address_follows_authentic_packets_only() -> None:
         # A stranger's packet (not authentic) from a new address moves nothing.
         stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         stranger.bind((HOST, 0))
+        stranger.setblocking(False)
         try:
-            forged = r.tap_rtp.to_server[0]
+            forged = media_only(r.tap_rtp.to_server)[0]
             stranger.sendto(forged[:2] + b"\x00\x06" + forged[4:12] + os.urandom(170), (HOST, r.wan_ports[0]))
             stranger.sendto(forged[:2] + b"\x00\x07" + forged[4:], (HOST, r.wan_ports[0]))
             await until(lambda: r.server_stats().auth_drops == 2)
@@ -356,7 +419,7 @@ async def test_plain_packets_from_strangers_are_dropped() -> None:
             await until(lambda: r.client_stats().unknown_source_drops == 1)
         finally:
             stranger.close()
-        assert len(r.tap_rtp.to_server) == 1 and r.tap_rtp.to_client == []
+        assert len(media_only(r.tap_rtp.to_server)) == 1 and r.tap_rtp.to_client == []
 
 
 async def test_unkeyed_softphone_rtp_is_dropped_and_never_sent() -> None:
@@ -375,9 +438,12 @@ async def test_unkeyed_softphone_rtp_is_dropped_and_never_sent() -> None:
         # Keys arrive: from now on RTP goes out, protected.
         client.install_keys("early", call_keys(SrtpProfile.AES_CM_128_HMAC_SHA1_80), sniffer.getsockname()[1], 9)
         softphone.sendto(rtp_packet(4, payload_type=0, ssrc=1, payload=bytes(160)), (HOST, ports.softphone_rtp_port))
-        data, _ = await recv(sniffer)
-        assert len(data) == 172 + 10 and data[12:172] != bytes(160)
-        assert await nothing_arrives(sniffer, 0.05)  # the three early packets were not held back
+        received = []
+        while not await nothing_arrives_into(sniffer, received, 0.2):
+            assert len(received) < 10
+        assert [len(p) for p in received if len(p) != 12 + 10] == [172 + 10]  # besides keep-alives
+        assert [p for p in received if len(p) == 182][0][12:172] != bytes(160)
+        # ...so the three early packets were dropped, not held back and sent late.
     finally:
         client.close()
         sniffer.close()
@@ -387,6 +453,7 @@ async def test_unkeyed_softphone_rtp_is_dropped_and_never_sent() -> None:
 async def test_close_call_releases_ports_and_is_idempotent() -> None:
     async with rig() as r:
         await r.softphone_says(1)
+        carried = r.relay.stats("c1")
         server_ports = [*r.pbx_ports, *r.wan_ports]
         client_ports = list(r.softphone_ports)
         r.relay.close_call("c1")
@@ -397,7 +464,7 @@ async def test_close_call_releases_ports_and_is_idempotent() -> None:
             r.relay.stats("c1")
         with pytest.raises(UnknownCall):
             r.relay.set_asterisk_media("c1", HOST, 4000, 4001)
-        assert r.relay.stats().inbound_packets == 1  # totals keep closed calls
+        assert r.relay.stats() == carried and carried.inbound_packets >= 1  # totals keep closed calls
         for port in server_ports:
             probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             probe.bind((HOST, port))
@@ -447,3 +514,28 @@ async def test_port_range_is_respected() -> None:
         assert 41102 <= ports.pbx_rtp_port < 41200 and ports.pbx_rtp_port % 2 == 0
     finally:
         relay.close()
+
+
+async def test_relay_without_epoll_falls_back_to_one_reader_per_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where select.epoll is missing (not Linux), every socket gets loop.add_reader."""
+    import stc_asterisk.media as server_media
+
+    monkeypatch.delattr(server_media.select, "epoll")
+    async with rig() as r:
+        _, got = await r.softphone_says(1, payload_type=8)
+        assert got[1] == 8
+        packet, got = await r.asterisk_says(1, payload_type=8)
+        assert got == packet
+        assert r.relay._readiness is not None and r.relay._readiness._epoll is None  # noqa: SLF001
+
+
+async def test_batched_relay_drains_every_socket_each_tick() -> None:
+    """With batch_interval the relay reads on a timer: bursts on several sockets all get through."""
+    async with rig(batch_interval=0.002) as r:
+        await r.softphone_says(1)
+        sent = [rtp_packet(seq, payload_type=0, ssrc=0x22222222, payload=os.urandom(160)) for seq in range(1, 6)]
+        for packet in sent:  # five at once on one socket: one tick must not take only the first
+            r.asterisk_rtp.sendto(packet, (HOST, r.pbx_ports[0]))
+        got = [(await recv(r.softphone_rtp))[0] for _ in sent]
+        assert got == sent
+        assert r.relay.wakeups >= 1
