@@ -106,7 +106,9 @@ class RoomService:
         return Admission(grant.identity, f"{grant.peer_id}/{grant.call_id}")
 
     def on_admit(self, request: AgiRequest, identity: Any, room: str) -> None:
-        self._changed(self.conference.bind(request.uniqueid, identity) | {room})
+        # The channel is not in the bridge yet (the AGI runs before ConfBridge): the roster goes
+        # out when ARI reports it entering, unless the binding changed a room's view already.
+        self._changed(self.conference.bind(request.uniqueid, identity))
 
     # -- Asterisk events ------------------------------------------------------------
     async def _ari_connected(self) -> None:

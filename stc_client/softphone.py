@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -91,6 +91,8 @@ class SoftphoneProxy:
         self.media = media
         self.profiles = profiles
         self.calls: dict[str, ClientCall] = {}
+        # Calls just ended, so a retransmitted BYE (or its 200) still finds the softphone's contact.
+        self.recently_ended: OrderedDict[str, ClientCall] = OrderedDict()
         self.drops: Counter[str] = Counter()
         self._send: SendToServer | None = None
         self._softphone: Address | None = None
@@ -317,8 +319,9 @@ class SoftphoneProxy:
             self._to_softphone(msg.to_bytes(), self._softphone)
             return
         push_via(msg, self.host, self.port, self._secret)
-        if call is not None and call.softphone_contact:
-            msg.uri = call.softphone_contact
+        dialog = call or self.recently_ended.get(msg.call_id)
+        if dialog is not None and dialog.softphone_contact:
+            msg.uri = dialog.softphone_contact
         else:
             msg.uri = uri_with_host_port(msg.uri, *self._softphone)
         self._to_softphone(msg.to_bytes(), self._softphone)
@@ -345,6 +348,9 @@ class SoftphoneProxy:
         call = self.calls.pop(call_id, None)
         if call is None:
             return
+        self.recently_ended[call_id] = call
+        while len(self.recently_ended) > 256:
+            self.recently_ended.popitem(last=False)
         self.media.close_call(call.stream_id)
         log.info("call %s ended (%s); media released", call_id, why)
         self._on_change()
