@@ -15,6 +15,8 @@
 # STC_DEBIAN_MIRROR (optional; default: debootstrap's own), STC_LAB_BOOT_TIMEOUT (seconds, 30).
 # Logs go to stderr; `start` prints one status line on stdout.
 set -euo pipefail
+# shellcheck source=scripts/lib/sid-root.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/sid-root.sh"
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LAB_ROOT=${STC_LAB_ROOT:-/var/lib/stc-lab/sid}
@@ -111,28 +113,10 @@ ensure_host_packages() {
     command -v sipp >/dev/null || die "sipp is still not available after installing sip-tester"
 }
 
-# Refuse to delete anything that has a mount point inside it (a bind-mounted /dev would be
-# the host's /dev).
-safe_remove_tree() {
-    local dir=$1 mount_point
-    [[ -n $dir && $dir != / ]] || die "refusing to remove '$dir'"
-    while read -r _ _ _ _ mount_point _; do
-        if [[ $mount_point == "$dir" || $mount_point == "$dir"/* ]]; then
-            die "refusing to remove $dir: $mount_point is mounted inside it (umount it first)"
-        fi
-    done </proc/self/mountinfo
-    rm -rf --one-file-system -- "$dir"
-}
-
 # The fixes every fresh sid root needs (see docs: asterisk-lab pitfalls 1-4).
 prepare_root() {
     local root=$1
-    # The mirror may serve a dated snapshot whose Release file has "expired".
-    printf 'Acquire::Check-Valid-Until "false";\n' >"$root/$ROOT_APT_CONF"
-    # Maintainer scripts must not start services inside the root.
-    printf '#!/bin/sh\n# stc lab: never start services from maintainer scripts in this root\nexit 101\n' \
-        >"$root/usr/sbin/policy-rc.d"
-    chmod 755 "$root/usr/sbin/policy-rc.d"
+    sid_root_basics "$root" "$ROOT_APT_CONF" "stc lab"
     # minbase has no /etc/hosts; localhost must resolve inside.
     cp /etc/hosts "$root/etc/hosts"
     if [[ ! -s $root/etc/resolv.conf ]]; then cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true; fi

@@ -11,6 +11,8 @@
 # Needs root and a running engine (scripts/docker-engine.sh start). Logs go to stderr; the
 # image name goes to stdout.
 set -euo pipefail
+# shellcheck source=scripts/lib/sid-root.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/sid-root.sh"
 
 IMAGE=${STC_BASE_IMAGE:-stc-base:sid}
 DEBIAN_MIRROR=${STC_DEBIAN_MIRROR:-}
@@ -45,28 +47,10 @@ if ! command -v debootstrap >/dev/null; then
         die "apt-get install debootstrap failed"
 fi
 
-# Refuse to delete anything with a mount point inside it: a debootstrap killed half-way can
-# leave its /proc or /sys mounted in the root (the lab's pitfall 4).
-safe_remove_tree() {
-    local dir=$1 mount_point
-    [[ -n $dir && $dir != / ]] || die "refusing to remove '$dir'"
-    while read -r _ _ _ _ mount_point _; do
-        if [[ $mount_point == "$dir" || $mount_point == "$dir"/* ]]; then
-            die "refusing to remove $dir: $mount_point is mounted inside it (umount it first)"
-        fi
-    done </proc/self/mountinfo
-    rm -rf --one-file-system -- "$dir"
-}
-
 # What every image built on this base needs, and what the official slim image does.
 prepare_root() {
     local root=$1
-    # The mirror may serve a dated snapshot whose Release file has "expired".
-    printf 'Acquire::Check-Valid-Until "false";\n' >"$root/$ROOT_APT_CONF"
-    # Maintainer scripts must not start services in an image build.
-    printf '#!/bin/sh\n# stc base image: never start services from maintainer scripts\nexit 101\n' \
-        >"$root/usr/sbin/policy-rc.d"
-    chmod 755 "$root/usr/sbin/policy-rc.d"
+    sid_root_basics "$root" "$ROOT_APT_CONF" "stc base image"
     # Like debian:*-slim: no manuals, documentation or translations in later installs.
     cat >"$root/$ROOT_DPKG_CONF" <<'EOF'
 path-exclude /usr/share/doc/*

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stc_wire.config import port_ok
+from stc_wire.config import check_log_level, check_srtp_profiles, port_ok
 
 
 @dataclass
@@ -97,13 +97,7 @@ class MediaSettings:
     srtp_profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM")
 
     def validate(self) -> None:
-        from stc_wire.srtp import SrtpProfile, UnknownSrtpProfile
-
-        for name in self.srtp_profiles:
-            try:
-                SrtpProfile.parse(name)
-            except UnknownSrtpProfile as exc:
-                raise ValueError(f"srtp_profiles: {exc}") from None
+        check_srtp_profiles(self.srtp_profiles)
 
 
 @dataclass
@@ -115,5 +109,4 @@ class ServerConfig:
     log_level: str = "INFO"
 
     def validate(self) -> None:
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ValueError(f"log_level: {self.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+        check_log_level(self.log_level)

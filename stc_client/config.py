@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stc_wire.config import port_ok
+from stc_wire.config import check_log_level, check_srtp_profiles, port_ok
 
 
 @dataclass
@@ -63,15 +63,7 @@ class MediaSettings:
     srtp_profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)
 
     def validate(self) -> None:
-        from stc_wire.srtp import SrtpProfile, UnknownSrtpProfile
-
-        if not self.srtp_profiles:
-            raise ValueError("srtp_profiles: offer at least one profile")
-        for name in self.srtp_profiles:
-            try:
-                SrtpProfile.parse(name)
-            except UnknownSrtpProfile as exc:
-                raise ValueError(f"srtp_profiles: {exc}") from None
+        check_srtp_profiles(self.srtp_profiles)
 
 
 @dataclass
@@ -98,5 +90,4 @@ class ClientConfig:
     log_level: str = "INFO"
 
     def validate(self) -> None:
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ValueError(f"log_level: {self.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+        check_log_level(self.log_level)

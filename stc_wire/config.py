@@ -107,3 +107,23 @@ def _convert(hint: Any, value: Any, base: Path, source: str, key: str) -> Any:
 
 def port_ok(port: int) -> bool:
     return 0 < port < 65536
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def check_log_level(level: str) -> None:
+    if level.upper() not in LOG_LEVELS:
+        raise ValueError(f"log_level: {level!r} is not one of {', '.join(LOG_LEVELS)}")
+
+
+def check_srtp_profiles(names: tuple[str, ...]) -> None:
+    from .srtp import SrtpProfile, UnknownSrtpProfile
+
+    if not names:
+        raise ValueError("srtp_profiles: name at least one profile")
+    for name in names:
+        try:
+            SrtpProfile.parse(name)
+        except UnknownSrtpProfile as exc:
+            raise ValueError(f"srtp_profiles: {exc}") from None
