@@ -9,13 +9,14 @@ import pytest
 
 from asterisk_lab import AmiClient, event_is
 from capture import Capture, g711a_payloads
-from sipp import G711A_PCAP, UAC_WAIT_BYE, Codec, SippCaller
+from sipp import G711A_PCAP, SCENARIO_DIR, UAC_WAIT_BYE, Codec, SippCaller
 from stack import WAN_HOST, Stack, stc_stack, wait_until
 from stc_wire.srtp import SrtpDropped, SrtpUnprotector
 from tests.certs import TestPki, make_test_pki
 
 pytestmark = pytest.mark.asterisk
 ROOM = "1000"
+UAC_IN_DIALOG = SCENARIO_DIR / "uac_in_dialog.xml"
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +252,24 @@ async def test_profile_mismatch_fails_the_call_with_a_reason(pki: TestPki, sipp_
         assert "SIP/2.0 488" in messages and "no common SRTP profile" in messages, messages[-2000:]
         assert stack.server.media.open_calls == 0
         assert not stack.clients["alice"].softphone.calls
+
+
+async def test_in_dialog_options_hold_and_resume_through_stc(asterisk_lab: str, pki: TestPki,
+                                                             sipp_callers: Callable[..., SippCaller]) -> None:
+    """Re-INVITEs (hold with a=sendonly, resume with a=sendrecv), an in-dialog OPTIONS and the
+    caller's BYE all cross the tunnel both ways; Asterisk really holds and unholds the channel."""
+    async with stc_stack(pki, ("alice",)) as stack, AmiClient() as ami:
+        since = ami.mark()
+        alice = caller(sipp_callers, stack, "alice", scenario=UAC_IN_DIALOG, codec=Codec.PCMA)
+        alice.start()
+        [join] = await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
+        await ami.wait_for(lambda e: e.get("Event") == "Hold" and e.get("Channel") == join["Channel"], timeout=20, since=since)
+        await ami.wait_for(lambda e: e.get("Event") == "Unhold" and e.get("Channel") == join["Channel"], timeout=20, since=since)
+        assert await alice.wait_async(20) == 0, alice.describe()
+        messages = alice.messages()
+        assert messages.count("SIP/2.0 200 OK") >= 5  # INVITE, OPTIONS, two re-INVITEs, BYE
+        # The answers the softphone saw point its media at its own stc-client, never elsewhere.
+        ports = {line.split()[1] for line in messages.splitlines() if line.startswith("m=audio")}
+        assert str(alice.media_port) in ports and len(ports) == 2, ports
+        await wait_until(lambda: stack.server.media.open_calls == 0, 5, "server media released")
+        await wait_until(lambda: not stack.clients["alice"].softphone.calls, 5, "client call released")
