@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -97,9 +99,12 @@ async def test_tunnel_loss_mid_call_hangs_up_both_sides(asterisk_lab: str, pki: 
         await wait_until(lambda: not stack.clients["alice"].softphone.calls, 5, "client call released")
 
 
-async def test_eavesdropper_on_the_wan_hop_learns_nothing(asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+async def test_eavesdropper_on_the_wan_hop_learns_nothing(asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     """Everything between clients and server (127.0.0.2) is captured: no SIP text, no RTP, no audio bytes;
-    every datagram is SRTP/SRTCP that authenticates with its own call's keys and no other's."""
+    every datagram is SRTP/SRTCP that authenticates with its own call's keys and no other's.
+    And no log line, even at DEBUG, carries any of those keys."""
+    caplog.set_level(logging.DEBUG)
     audio = g711a_payloads(G711A_PCAP)
     with Capture(f"host {WAN_HOST}") as wire:
         async with stc_stack(pki, ("alice", "bob")) as stack, AmiClient() as ami:
@@ -145,6 +150,12 @@ async def test_eavesdropper_on_the_wan_hop_learns_nothing(asterisk_lab: str, pki
         with pytest.raises(SrtpDropped):
             wrong.unprotect_rtp(p.payload) if kind == "rtp" else wrong.unprotect_rtcp(p.payload)
     assert authenticated == len(udp)
+    logged = caplog.text
+    for call in calls:
+        k = call.keys
+        for secret in (k.client_to_server_srtp, k.client_to_server_srtcp, k.server_to_client_srtp, k.server_to_client_srtcp):
+            for form in (secret.hex(), secret[:16].hex(), base64.b64encode(secret).decode(), repr(secret)):
+                assert form not in logged, "key material in the logs"
 
 
 class TamperingForwarder(asyncio.DatagramProtocol):
