@@ -25,11 +25,13 @@ class TunnelSettings:
     keepalive_interval: float = 15.0
     keepalive_timeout: float = 45.0
     max_clients: int = 1000
+    # How often connected clients are checked again (CRL or CA bundle changed, certificate expired).
+    trust_recheck_interval: float = 10.0
 
     def validate(self) -> None:
         if not port_ok(self.listen_port):
             raise ValueError(f"listen_port: {self.listen_port} is not a TCP port")
-        for name in ("handshake_timeout", "hello_timeout", "keepalive_interval", "keepalive_timeout"):
+        for name in ("handshake_timeout", "hello_timeout", "keepalive_interval", "keepalive_timeout", "trust_recheck_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
         if self.keepalive_timeout <= self.keepalive_interval:

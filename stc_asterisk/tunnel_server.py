@@ -45,6 +45,7 @@ class TunnelPeer:
     address: tuple[str, int]
     identity: PeerIdentity
     stream: TunnelStream
+    certificate_der: bytes = b""
     connected_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     async def send(self, message: Message) -> None:
@@ -69,14 +70,17 @@ class _TrustCache:
         self.trust: TrustAnchors
         self.reload_if_changed()
 
-    def reload_if_changed(self) -> None:
+    def reload_if_changed(self) -> bool:
+        """True if the CA bundle or CRL changed on disk and was loaded again."""
         s = self._settings
-        stamp = (s.ca_bundle.stat().st_mtime, s.crl.stat().st_mtime)
-        if stamp != self._stamp:
-            self.context = server_context(s.cert, s.key, s.ca_bundle, s.crl)
-            self.trust = TrustAnchors.load(s.ca_bundle, s.crl)
-            self._stamp = stamp
-            log.info("trust anchors loaded: CA bundle %s, CRL %s", s.ca_bundle, s.crl)
+        stamp = (s.ca_bundle.stat().st_mtime_ns, s.crl.stat().st_mtime_ns)
+        if stamp == self._stamp:
+            return False
+        self.context = server_context(s.cert, s.key, s.ca_bundle, s.crl)
+        self.trust = TrustAnchors.load(s.ca_bundle, s.crl)
+        self._stamp = stamp
+        log.info("trust anchors loaded: CA bundle %s, CRL %s", s.ca_bundle, s.crl)
+        return True
 
 
 class TunnelServer:
@@ -96,6 +100,7 @@ class TunnelServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
+        self._recheck: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -104,9 +109,12 @@ class TunnelServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.settings.listen_host, self.settings.listen_port)
+        self._recheck = asyncio.create_task(self._recheck_connected())
         log.info("tunnel listening on %s:%d (TLS 1.3, client certificate required)", self.settings.listen_host, self.port)
 
     async def close(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
         if self._server is not None:
             self._server.close()
         for peer in list(self.peers.values()):
@@ -139,6 +147,31 @@ class TunnelServer:
             self._tasks.discard(task)
             if not writer.is_closing():
                 writer.close()
+
+    async def _recheck_connected(self) -> None:
+        """A tunnel lives only while its certificate would still be accepted: when the CRL or CA
+        bundle changes, and as certificates expire, every connected client is checked again."""
+        while True:
+            await asyncio.sleep(self.settings.trust_recheck_interval)
+            try:
+                self._trust.reload_if_changed()
+            except Exception as exc:  # a broken file on disk: keep the last good trust, say so
+                log.error("cannot reload the CA bundle or CRL: %s", exc)
+                continue
+            await self.recheck_peers()
+
+    async def recheck_peers(self) -> int:
+        """Close every tunnel whose certificate is no longer acceptable; returns how many."""
+        now = datetime.now(timezone.utc)
+        closed = 0
+        for peer in list(self.peers.values()):
+            try:
+                check_client_certificate(peer.certificate_der, self._trust.trust, now)
+            except CertificateRejected as exc:
+                closed += 1
+                log.warning("[%s] closing the tunnel of %s: %s (%s)", peer.id, peer.identity.subject, exc.reason, exc)
+                await peer.stream.close(CloseCode.POLICY, f"certificate no longer accepted: {exc.reason}")
+        return closed
 
     def _refuse(self, conn_id: str, address: tuple[str, int], reason: str, detail: str) -> None:
         self.refused[reason] += 1
@@ -182,7 +215,7 @@ class TunnelServer:
         except TunnelError as exc:
             self._refuse(conn_id, address, exc.reason, f"{identity.subject}: {exc}")
             return
-        peer = TunnelPeer(conn_id, address, identity, stream)
+        peer = TunnelPeer(conn_id, address, identity, stream, der or b"")
         log.info("[%s] client connected from %s:%d: %s, SHA-256 %s, agent %r, protocol v%s",
                  conn_id, address[0], address[1], identity.subject, identity.fingerprint_sha256,
                  hello.agent, stream.connection.version)

@@ -257,3 +257,44 @@ async def test_keepalive_keeps_an_idle_tunnel_and_drops_a_dead_one(pki: TestPki,
     await wait_for_log(caplog, "keepalive-timeout", timeout=5.0)
     writer.close()
     await good.close()
+
+
+async def test_revocation_closes_a_tunnel_that_is_already_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from stc_pki.pki import CertificateAuthority, crl_pem
+
+    own = make_test_pki(tmp_path / "pki")  # this test rewrites the CRL: a PKI of its own
+    settings = TunnelSettings(listen_host="127.0.0.1", listen_port=0, cert=own.server.cert, key=own.server.key,
+                              ca_bundle=own.ca, crl=own.crl, keepalive_interval=0.5, keepalive_timeout=2.0,
+                              trust_recheck_interval=0.2)
+    srv = TunnelServer(settings, EchoSession)
+    await srv.start()
+    try:
+        alice = await open_tunnel(client_config(own, own.users["alice"], srv.port))
+        bob = await open_tunnel(client_config(own, own.users["bob"], srv.port))
+        runners = [asyncio.create_task(t.run(lambda m: asyncio.sleep(0))) for t in (alice, bob)]
+        alice_cert = x509.load_pem_x509_certificate(own.users["alice"].cert.read_bytes())
+        ca = CertificateAuthority.from_existing(x509.load_pem_x509_certificate(own.ca.read_bytes()),
+                                                load_pem_private_key(own.ca_key.read_bytes(), None))  # type: ignore[arg-type]
+        now = datetime.now(timezone.utc)
+        crl = ca.issue_crl([(alice_cert.serial_number, now - timedelta(seconds=1))], now=now - timedelta(seconds=1), crl_number=2)
+        own.crl.write_bytes(crl_pem(crl))
+        async with asyncio.timeout(5):
+            info = await runners[0]
+        assert "revoked" in info.reason and info.by_peer
+        await wait_for_log(caplog, "closing the tunnel of")
+        async with asyncio.timeout(3):
+            while len(srv.peers) != 1:
+                await asyncio.sleep(0.02)
+        assert bob.stream.closed is None and [p.identity.display_name for p in srv.peers.values()] == ["Bob"]
+        with pytest.raises(TunnelRefused) as err:  # and alice cannot come back
+            await open_tunnel(client_config(own, own.users["alice"], srv.port))
+        assert err.value.reason == "refused-by-server"
+        runners[1].cancel()
+        await bob.close()
+    finally:
+        await srv.close()
