@@ -15,6 +15,10 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 
+printf '== %s\n' "static checks (ruff, mypy)" >&2
+.venv/bin/ruff check --quiet stc_wire stc_asterisk stc_client stc_pki tests bench
+.venv/bin/mypy --no-error-summary
+
 printf '== %s\n' "tests" >&2
 mkdir -p artifacts
 exec .venv/bin/python -m pytest -p no:cacheprovider -rs "$@"

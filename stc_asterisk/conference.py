@@ -277,9 +277,10 @@ class ConferenceState:
                     continue
                 listed = bridge.get("channels")
                 for channel_id in listed if isinstance(listed, list) else []:
-                    channel = by_id.get(channel_id)
-                    if channel is None:
+                    found = by_id.get(channel_id)
+                    if found is None:
                         continue  # destroyed between the two GETs
+                    channel = found
                     previous = old_members.get(channel_id)
                     member = _member_from(channel, previous.joined_at if previous else None)
                     if member is None:

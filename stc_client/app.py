@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stc_wire.messages import Message, RosterUpdate
 from stc_wire.roster import Roster, RosterError, RosterRejected, RosterVerifier
@@ -17,7 +18,11 @@ from .softphone import SoftphoneProxy
 from .state import ClientState
 from .tunnel_client import ClientTunnel, TunnelRefused, open_tunnel
 
+if TYPE_CHECKING:
+    from .ui import UiServer
+
 log = logging.getLogger(__name__)
+DEFAULT_CONFIG = Path("stc-client.toml")
 CAPABILITIES = ("sip", "srtp", "roster")
 
 
@@ -28,7 +33,7 @@ class ClientApp:
         self.state = ClientState()
         self.tunnel: ClientTunnel | None = None
         self.tunnel_up = asyncio.Event()
-        self.window = None
+        self.window: UiServer | None = None
         self._want_window = window
         self._task: asyncio.Task[None] | None = None
         self.rosters: deque[Roster] = deque(maxlen=100)  # every verified roster, newest last
@@ -47,10 +52,12 @@ class ClientApp:
         if self._want_window:
             from .ui import UiServer
 
-            self.window = UiServer(self.state, self.config_path, host=self.config.ui.host, port=self.config.ui.port,
-                                   apply_settings=self.apply_settings)
-            await self.window.start()
-            log.info("client window at %s", self.window.url)
+            # Settings saved from the window go to the config file in use (or a new ./stc-client.toml).
+            window = UiServer(self.state, self.config_path or DEFAULT_CONFIG, host=self.config.ui.host,
+                              port=self.config.ui.port, apply_settings=self.apply_settings)
+            await window.start()
+            self.window = window
+            log.info("client window at %s", window.url)
         self._task = asyncio.create_task(self._keep_tunnel())
 
     async def close(self) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from stc_wire.cli_common import load_or_exit, run_until_signal, setup_logging
 
-from .app import ClientApp
+from .app import DEFAULT_CONFIG, ClientApp
 from .config import ClientConfig
 from .status_cli import status_main
 from .tunnel_client import TunnelRefused, open_tunnel
@@ -30,12 +30,15 @@ async def _check(config: ClientConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stc-client", description="stc client: secure tunnel for a local softphone")
-    parser.add_argument("--config", type=Path, help="TOML settings file (default: built-in demo settings)")
+    parser.add_argument("--config", type=Path,
+                        help="TOML settings file (default: ./stc-client.toml if it exists, else built-in demo settings)")
     parser.add_argument("command", nargs="?", default="run", choices=("run", "check", "status"),
                         help="run: serve the softphone and the window (default); check: open the tunnel once "
                              "and report; status: ask the running client what it is doing")
     parser.add_argument("--json", action="store_true", help="with status: print the JSON snapshot")
     args = parser.parse_args(argv)
+    if args.config is None and DEFAULT_CONFIG.exists():
+        args.config = DEFAULT_CONFIG  # where the window saved settings last time
     config = load_or_exit("stc-client", ClientConfig, args.config)
     if args.command == "status":
         return status_main(config, args.json)

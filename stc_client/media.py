@@ -56,7 +56,7 @@ class _Endpoint(asyncio.DatagramProtocol):
 
     def __init__(self, handle: Callable[[bytes, Address], None], ipv6: bool) -> None:
         if ipv6:  # IPv6 sources are 4-tuples; the paths compare (host, port)
-            self.datagram_received = lambda data, source: handle(data, source[:2])  # type: ignore[method-assign]
+            self.datagram_received = lambda data, source: handle(data, source[:2])  # type: ignore[method-assign,assignment]
         else:
             self.datagram_received = handle  # type: ignore[method-assign,assignment]
 
@@ -167,8 +167,8 @@ class ClientMedia:
             async def endpoint(
                 handle: Callable[[bytes, Address], None], ipv6: bool, **where: object
             ) -> asyncio.DatagramTransport:
-                transport, _ = await loop.create_datagram_endpoint(  # type: ignore[call-overload]
-                    lambda: _Endpoint(handle, ipv6), **where
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Endpoint(handle, ipv6), **where  # type: ignore[arg-type]
                 )
                 call.transports.append(transport)
                 return transport  # type: ignore[no-any-return]

@@ -282,6 +282,7 @@ class PkiDirectory:
                     raise PkiError(f"{name!r} is already revoked")
                 raise PkiError(f"no certificate named {name!r} in {self.root} (see `stc-pki list`)")
         else:
+            assert serial is not None  # one of the two, checked above
             hits = [i for i, e in enumerate(entries) if e.serial == serial]
             if hits and all(entries[i].revoked for i in hits):
                 raise PkiError(f"serial {serial:x} is already revoked")

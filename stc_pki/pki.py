@@ -87,7 +87,7 @@ def generate_key(kind: KeyKind = "ec-p256") -> PrivateKey:
     raise PkiError(f"unknown key type {kind!r} (known: {', '.join(KEY_KINDS)})")
 
 
-def _hash_for(key: PrivateKey) -> hashes.HashAlgorithm:
+def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
     return hashes.SHA256()

@@ -10,7 +10,7 @@ to flush and hang up.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, NoReturn
 
 from .framing import FrameDecoder, FramingError
 from .messages import (
@@ -130,9 +130,9 @@ class TunnelConnection:
     def _handle(self, message: Message) -> Message | None:
         if self.state is State.AWAITING_HELLO and not isinstance(message, Close):
             # A CLOSE is the one frame allowed before HELLO: a refusal with its reason.
-            if not isinstance(message, Hello):
-                self._fail("no-hello", f"{type(message).__name__} frame before HELLO")
-            return self._handle_hello(message)
+            if isinstance(message, Hello):
+                return self._handle_hello(message)
+            self._fail("no-hello", f"{type(message).__name__} frame before HELLO")
         if isinstance(message, Hello):
             self._fail("duplicate-hello", "second HELLO on an open tunnel")
         if isinstance(message, Ping):
@@ -160,6 +160,6 @@ class TunnelConnection:
         self.state = State.OPEN
         return hello
 
-    def _fail(self, reason: str, message: str, code: int = CloseCode.PROTOCOL_ERROR) -> None:
+    def _fail(self, reason: str, message: str, code: int = CloseCode.PROTOCOL_ERROR) -> NoReturn:
         self.close(code, f"{reason}: {message}")
         raise TunnelError(reason, message, code)
