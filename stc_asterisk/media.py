@@ -285,10 +285,7 @@ class MediaRelay:
         """A copy of one call's counters, or the sum over every call this relay has carried."""
         if call_tag is not None:
             return self._call(call_tag).stats.copy()
-        total = self._closed_totals.copy()
-        for call in self._calls.values():
-            total.add(call.stats)
-        return total
+        return RelayStats.total(self._closed_totals, (call.stats for call in self._calls.values()))
 
     @property
     def open_calls(self) -> int:

@@ -244,10 +244,7 @@ class ClientMedia:
         """A copy of one call's counters, or the sum over every call carried."""
         if call_tag is not None:
             return self._call(call_tag).stats.copy()
-        total = self._closed_totals.copy()
-        for call in self._calls.values():
-            total.add(call.stats)
-        return total
+        return RelayStats.total(self._closed_totals, (call.stats for call in self._calls.values()))
 
     def close(self) -> None:
         for tag in list(self._calls):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
 from stc_wire.srtp import DropReason, SrtpDropped
@@ -70,6 +70,14 @@ class RelayStats:
     def add(self, other: RelayStats) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @classmethod
+    def total(cls, closed: RelayStats, open_calls: Iterable[RelayStats]) -> RelayStats:
+        """The counters of calls already closed plus those still open, as a new value."""
+        total = closed.copy()
+        for stats in open_calls:
+            total.add(stats)
+        return total
 
     @property
     def drops(self) -> int:

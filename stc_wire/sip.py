@@ -22,6 +22,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Self
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +296,16 @@ class _Message:
                 return
         raise KeyError(f"no {name} header to replace")
 
+    def copy(self) -> Self:
+        """A copy whose header list can change without touching this message."""
+        return replace(self, headers=list(self.headers))  # type: ignore[type-var]
+
+    def with_body(self, body: bytes, content_type: str | None = None) -> Self:
+        """A copy carrying `body` (see `set_body`)."""
+        new = self.copy()
+        new.set_body(body, content_type)
+        return new
+
     def set_body(self, body: bytes, content_type: str | None = None) -> None:
         """Replace the body; set Content-Type (or drop it with an empty body). Content-Length follows."""
         self.body = bytes(body)
@@ -414,14 +425,6 @@ class SipRequest(_Message):
     def _start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
 
-    def copy(self) -> SipRequest:
-        return replace(self, headers=list(self.headers))
-
-    def with_body(self, body: bytes, content_type: str | None = None) -> SipRequest:
-        """A copy carrying `body` (see `set_body`)."""
-        new = self.copy()
-        new.set_body(body, content_type)
-        return new
 
 
 @dataclass
@@ -439,14 +442,6 @@ class SipResponse(_Message):
     def _start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
 
-    def copy(self) -> SipResponse:
-        return replace(self, headers=list(self.headers))
-
-    def with_body(self, body: bytes, content_type: str | None = None) -> SipResponse:
-        """A copy carrying `body` (see `set_body`)."""
-        new = self.copy()
-        new.set_body(body, content_type)
-        return new
 
 
 SipMessage = SipRequest | SipResponse
