@@ -59,7 +59,6 @@ class RoomService:
         self.server_id = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
         self.policy = RoomPolicy.from_mapping(config.rooms.policy)
         self.tokens: dict[str, TokenGrant] = {}
-        self.pushed: dict[str, int] = {}  # room -> last version pushed (for tests and logs)
         ast = config.asterisk
         self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {
             "stc-admit": make_admission_handler(self.lookup_token, self.policy, self.on_admit)})
@@ -148,7 +147,6 @@ class RoomService:
         version = self.versions.next(room, time.time_ns() // 1000)
         roster = self.conference.roster(room, server_id=self.server_id, version=version, issued_at=iso_utc(now))
         signed = self.signer.sign(roster).to_bytes()
-        self.pushed[room] = version
         for session in list(self.app.sessions.values()):
             if any(call.room == room and call.confirmed for call in session.calls.values()):
                 try:
@@ -161,6 +159,8 @@ class RoomService:
     async def _enforce(self, room: str) -> None:
         if self.app.config.rooms.unauthenticated != "eject":
             return
+        # Forget channels already gone, so the set holds only ejections still under way.
+        self._ejecting &= {c.channel_id for c in self.conference.unauthenticated()}
         for channel in self.conference.unauthenticated(room):
             if channel.channel_id in self._ejecting:
                 continue

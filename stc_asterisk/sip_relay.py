@@ -104,9 +104,7 @@ class TunnelCalls:
         self._secret = secrets.token_hex(16)  # seeds our Via branches
         self._transport: asyncio.DatagramTransport | None = None
         self._local: tuple[str, int] = ("", 0)
-        self._send_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._log = logging.LoggerAdapter(log, {})
 
     @property
     def relay(self) -> MediaRelay:
