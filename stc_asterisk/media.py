@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from stc_wire.media_keys import CallKeys
 from stc_wire.rtp import InboundPath, OutboundPath, PlainPeer, RelayStats, SecurePeer, bind_udp_pair
 from stc_wire.srtp import SrtpProtector, SrtpUnprotector
+from stc_wire.translator import SrtpSender
 
 __all__ = ["CallMediaPorts", "MediaRelay", "UnknownCall"]
 
@@ -188,11 +189,12 @@ class _Call:
 
     def install_keys(self, keys: CallKeys) -> None:
         unprotector = SrtpUnprotector(keys.profile, keys.client_to_server_srtp, keys.client_to_server_srtcp)
-        protector = SrtpProtector(keys.profile, keys.server_to_client_srtp, keys.server_to_client_srtcp)
+        # Asterisk's RTP leaves under our own SSRC and a growing index (stc_wire.translator).
+        sender = SrtpSender(SrtpProtector(keys.profile, keys.server_to_client_srtp, keys.server_to_client_srtcp))
         self.rtp_in.unprotect = unprotector.unprotect_rtp
         self.rtcp_in.unprotect = unprotector.unprotect_rtcp
-        self.rtp_out.protect = protector.protect_rtp
-        self.rtcp_out.protect = protector.protect_rtcp
+        self.rtp_out.protect = sender.protect_rtp
+        self.rtcp_out.protect = sender.protect_rtcp
 
 
 class MediaRelay:

@@ -28,6 +28,7 @@ from stc_wire.rtp import (
     latch_keepalive,
 )
 from stc_wire.srtp import SrtpDropped, SrtpProtector, SrtpUnprotector
+from stc_wire.translator import OutboundTranslator, SrtpSender
 
 __all__ = ["ClientCallPorts", "ClientMedia", "UnknownCall"]
 
@@ -77,6 +78,9 @@ class _ClientCall:
         self.stats = RelayStats()
         self.transports: list[asyncio.DatagramTransport] = []
         self.keepalive: asyncio.Task[None] | None = None
+        # Keep-alives are their own SRTP stream: this SSRC is never the translator's output SSRC.
+        self.keepalive_ssrc = random.getrandbits(32)
+        self.keepalive_protector: SrtpProtector | None = None
         self.server_rtp = SecurePeer(latching=False, label=f"call {tag}: server RTP")
         self.server_rtcp = SecurePeer(latching=False, label=f"call {tag}: server RTCP")
         self.softphone_rtp = PlainPeer(softphone_host)
@@ -88,13 +92,14 @@ class _ClientCall:
 
     async def keep_latched(self, interval: float) -> None:
         """Send latch keep-alives until the softphone's own media flows (and as NAT keep-alive while it is silent)."""
-        ssrc = random.getrandbits(32)
-        seq = random.getrandbits(16)
+        ssrc = self.keepalive_ssrc
+        seq = random.getrandbits(15)
         while True:
             before = self.stats.outbound_packets
-            protect_rtp, protect_rtcp = self.rtp_out.protect, self.rtcp_out.protect
-            if protect_rtp is None or protect_rtcp is None:
+            protector = self.keepalive_protector
+            if protector is None:
                 return
+            protect_rtp, protect_rtcp = protector.protect_rtp, protector.protect_rtcp
             for path, packet, protect in (
                 (self.rtp_out, latch_keepalive(ssrc, seq), protect_rtp),
                 (self.rtcp_out, empty_receiver_report(ssrc), protect_rtcp),
@@ -114,6 +119,7 @@ class _ClientCall:
     def forget_keys(self) -> None:
         self.rtp_in.unprotect = self.rtcp_in.unprotect = None
         self.rtp_out.protect = self.rtcp_out.protect = None
+        self.keepalive_protector = None
 
 
 class ClientMedia:
@@ -213,8 +219,12 @@ class ClientMedia:
         call.server_rtcp.address = (self._server_ip, server_rtcp_port)
         protector = SrtpProtector(keys.profile, keys.client_to_server_srtp, keys.client_to_server_srtcp)
         unprotector = SrtpUnprotector(keys.profile, keys.server_to_client_srtp, keys.server_to_client_srtcp)
-        call.rtp_out.protect = protector.protect_rtp
-        call.rtcp_out.protect = protector.protect_rtcp
+        # The softphone's RTP leaves under our own SSRC and a growing index (stc_wire.translator);
+        # keep-alives are a stream of their own (another SSRC) straight through `protector`.
+        sender = SrtpSender(protector, OutboundTranslator(ssrc=call.keepalive_ssrc ^ 0x5A5A5A5A))
+        call.keepalive_protector = protector
+        call.rtp_out.protect = sender.protect_rtp
+        call.rtcp_out.protect = sender.protect_rtcp
         call.rtp_in.unprotect = unprotector.unprotect_rtp
         call.rtcp_in.unprotect = unprotector.unprotect_rtcp
         if call.keepalive is None:

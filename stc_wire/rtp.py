@@ -55,6 +55,7 @@ class RelayStats:
     unkeyed_drops: int = 0  # arrived before the call's keys were installed
     send_errors: int = 0  # the OS refused to send (counted, packet lost)
     keepalives: int = 0  # authenticated latch keep-alives (not forwarded)
+    repeats_refused: int = 0  # outbound: libsrtp refused an index already used (never sent)
 
     def count_drop(self, reason: DropReason) -> None:
         if reason is DropReason.AUTH:
@@ -88,6 +89,7 @@ class RelayStats:
             + self.unknown_source_drops
             + self.no_destination_drops
             + self.unkeyed_drops
+            + self.repeats_refused
         )
 
 
@@ -221,7 +223,10 @@ class OutboundPath:
         try:
             packet = protect(data)
         except SrtpDropped as drop:
-            stats.count_drop(drop.reason)
+            if drop.reason is DropReason.REPLAY:  # a keystream would have been reused
+                stats.repeats_refused += 1
+            else:
+                stats.count_drop(drop.reason)
             return
         try:
             self.send(packet, destination)

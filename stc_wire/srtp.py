@@ -105,9 +105,9 @@ def _session(profile: SrtpProfile, master: bytes, ssrc_type: int, *, outbound: b
         )
     policy = pylibsrtp.Policy(key=master, ssrc_type=ssrc_type, srtp_profile=profile.libsrtp_profile)
     if outbound:
-        # A sender re-sending a sequence number is not an attack on us; let libsrtp protect it
-        # (as aiortc does) and let the receiver's replay window decide.
-        policy.allow_repeat_tx = True
+        # Never protect an (SSRC, index) twice: that reuses keystream (a two-time pad) and, under
+        # GCM, the nonce. stc_wire.translator keeps outbound indexes growing; libsrtp checks it.
+        policy.allow_repeat_tx = False
     return pylibsrtp.Session(policy)
 
 

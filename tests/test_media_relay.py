@@ -64,6 +64,20 @@ def media_only(srtp_packets: list[bytes]) -> list[bytes]:
     return [packet for packet in srtp_packets if len(packet) > 100]
 
 
+def seq_of(packet: bytes) -> int:
+    return struct.unpack("!H", packet[2:4])[0]
+
+
+def assert_translated(got: list[bytes], sent: list[bytes]) -> None:
+    """The relay is an RTP translator: same payload type and payload, its own SSRC and a
+    sequence that goes on one by one (stc_wire.translator)."""
+    assert len(got) == len(sent)
+    for g, p in zip(got, sent):
+        assert (g[0], g[1] & 0x7F, g[12:]) == (p[0], p[1] & 0x7F, p[12:])
+    assert len({g[8:12] for g in got}) == 1 and got[0][8:12] != sent[0][8:12]
+    assert [(seq_of(g) - seq_of(got[0])) % 65536 for g in got] == list(range(len(got)))
+
+
 async def nothing_arrives(sock: socket.socket, within: float = 0.2) -> bool:
     try:
         await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(sock, 4096), within)
@@ -247,18 +261,18 @@ async def test_rtp_both_ways_arrives_intact_and_is_encrypted_on_the_wire(profile
             sent, got = await r.asterisk_says(seq, payload_type)
             sent_down.append(sent)
             got_down.append(got)
-        assert got_up == sent_up
-        assert got_down == sent_down
+        assert_translated(got_up, sent_up)
+        assert_translated(got_down, sent_down)
 
         up_wire, down_wire = media_only(r.tap_rtp.to_server), r.tap_rtp.to_client
         assert len(up_wire) == 6 and len(down_wire) == 6
         other = call_keys(profile, call_id="another-call@test")
         eavesdropper_up = SrtpUnprotector(profile, other.client_to_server_srtp, other.client_to_server_srtcp)
         eavesdropper_down = SrtpUnprotector(profile, other.server_to_client_srtp, other.server_to_client_srtcp)
-        for plain, secure in zip(sent_up + sent_down, up_wire + down_wire):
+        for plain, got, secure in zip(sent_up + sent_down, got_up + got_down, up_wire + down_wire):
             assert secure != plain
             assert plain[12:] not in secure  # the payload is not carried in clear
-            assert secure[:12] == plain[:12]  # SRTP keeps the RTP header readable
+            assert secure[:12] == got[:12]  # SRTP keeps the (translated) RTP header readable
         for secure in up_wire:
             with pytest.raises(SrtpDropped) as dropped:
                 eavesdropper_up.unprotect_rtp(secure)
@@ -290,11 +304,13 @@ async def test_rtcp_both_ways() -> None:
         up = rtcp_receiver_report(0x11111111)
         up = up + b"\x81\xca\x00\x02" + struct.pack("!I", 0x11111111) + b"\x01\x02ab"  # + SDES CNAME
         r.softphone_rtcp.sendto(up, (HOST, r.softphone_ports[1]))
-        assert await recv_media(r.asterisk_rtcp) == up
+        got_up = await recv_media(r.asterisk_rtcp)
+        assert got_up == up.replace(struct.pack("!I", 0x11111111), got_up[4:8])  # our SSRC, all else as sent
         down = rtcp_receiver_report(0x22222222)
         r.asterisk_rtcp.sendto(down, (HOST, r.pbx_ports[1]))
-        assert (await recv(r.softphone_rtcp))[0] == down
-        assert r.tap_rtcp.to_server[-1][:8] == up[:8] and r.tap_rtcp.to_server[-1][8:] != up[8:]
+        got_down = (await recv(r.softphone_rtcp))[0]
+        assert got_down == down.replace(struct.pack("!I", 0x22222222), got_down[4:8])
+        assert r.tap_rtcp.to_server[-1][:8] == got_up[:8] and r.tap_rtcp.to_server[-1][8:] != got_up[8:]
         assert r.tap_rtcp.to_client[0] != down
         # SRTCP is keyed apart from SRTP: the RTP key does not open it.
         rtp_key_only = SrtpUnprotector(r.keys.profile, r.keys.client_to_server_srtp, r.keys.client_to_server_srtp)
@@ -326,7 +342,7 @@ async def test_client_keepalive_latches_before_the_softphone_speaks() -> None:
 
         packet = rtp_packet(2, payload_type=8, ssrc=5, payload=os.urandom(160))
         asterisk_rtp.sendto(packet, (HOST, ports.pbx_rtp_port))
-        assert (await recv(softphone_rtp))[0] == packet
+        assert (await recv(softphone_rtp))[0][12:] == packet[12:]
         assert client.stats("c1").outbound_packets == 0 and local.softphone_rtp_port % 2 == 0
     finally:
         relay.close()
@@ -337,14 +353,14 @@ async def test_client_keepalive_latches_before_the_softphone_speaks() -> None:
 
 async def test_flipped_byte_is_dropped_as_auth_failure() -> None:
     async with rig() as r:
-        await r.softphone_says(1)
+        _, first = await r.softphone_says(1)
         r.tap_rtp.tamper = lambda packet: packet[:40] + bytes([packet[40] ^ 0x01]) + packet[41:]
         packet = rtp_packet(2, payload_type=0, ssrc=0x11111111, payload=bytes(160))
         r.softphone_rtp.sendto(packet, (HOST, r.softphone_ports[0]))
         await until(lambda: r.server_stats().auth_drops == 1)
         assert await nothing_arrives(r.asterisk_rtp)
         _, got = await r.softphone_says(3)  # the flow goes on
-        assert got[2:4] == b"\x00\x03"
+        assert (seq_of(got) - seq_of(first)) % 65536 == 2  # the tampered packet's index was used, not reused
         assert r.server_stats().replay_drops == 0
 
         # Downstream too: the client refuses a corrupted packet from the server.
@@ -354,7 +370,8 @@ async def test_flipped_byte_is_dropped_as_auth_failure() -> None:
         await until(lambda: len(r.tap_rtp.to_client) == 2)
         assert await recv(r.softphone_rtp)
         forged = genuine[:-1] + bytes([genuine[-1] ^ 0x80])
-        forged = forged[:2] + b"\x00\x09" + forged[4:]  # an unseen index, so auth is what fails
+        unseen = struct.pack("!H", (seq_of(genuine) + 7) % 65536)
+        forged = forged[:2] + unseen + forged[4:]  # an unseen index, so auth is what fails
         r.tap_rtp.inject_to_client(forged)
         await until(lambda: r.client_stats().auth_drops == 1)
         assert await nothing_arrives(r.softphone_rtp)
@@ -377,7 +394,7 @@ async def test_resent_old_packet_is_dropped_as_replay() -> None:
 
 async def test_client_address_follows_authentic_packets_only() -> None:
     async with rig() as r:
-        await r.softphone_says(1)
+        _, first_up = await r.softphone_says(1)
         first_side = r.tap_rtp.server_side
         assert first_side is not None
 
@@ -387,10 +404,11 @@ async def test_client_address_follows_authentic_packets_only() -> None:
         stranger.setblocking(False)
         try:
             forged = media_only(r.tap_rtp.to_server)[0]
-            stranger.sendto(forged[:2] + b"\x00\x06" + forged[4:12] + os.urandom(170), (HOST, r.wan_ports[0]))
-            stranger.sendto(forged[:2] + b"\x00\x07" + forged[4:], (HOST, r.wan_ports[0]))
+            ahead = [struct.pack("!H", (seq_of(forged) + n) % 65536) for n in (5, 6)]
+            stranger.sendto(forged[:2] + ahead[0] + forged[4:12] + os.urandom(170), (HOST, r.wan_ports[0]))
+            stranger.sendto(forged[:2] + ahead[1] + forged[4:], (HOST, r.wan_ports[0]))
             await until(lambda: r.server_stats().auth_drops == 2)
-            await r.asterisk_says(1)  # still reaches the client through the first address
+            _, first_down = await r.asterisk_says(1)  # still reaches the client through the first address
             assert await nothing_arrives(stranger, 0.05)
         finally:
             stranger.close()
@@ -398,10 +416,10 @@ async def test_client_address_follows_authentic_packets_only() -> None:
         # The client's NAT mapping changes: an authentic packet from the new address re-latches.
         new_address = await r.tap_rtp.new_server_side()
         _, got = await r.softphone_says(2)
-        assert got[2:4] == b"\x00\x02"
+        assert seq_of(got) == (seq_of(first_up) + 1) % 65536
         before = len(r.tap_rtp.to_client)
         _, got = await r.asterisk_says(2)
-        assert got[2:4] == b"\x00\x02"
+        assert seq_of(got) == (seq_of(first_down) + 1) % 65536
         assert len(r.tap_rtp.to_client) == before + 1
         assert r.relay._calls["c1"].client_rtp.address == new_address  # noqa: SLF001
 
@@ -525,7 +543,7 @@ async def test_relay_without_epoll_falls_back_to_one_reader_per_socket(monkeypat
         _, got = await r.softphone_says(1, payload_type=8)
         assert got[1] == 8
         packet, got = await r.asterisk_says(1, payload_type=8)
-        assert got == packet
+        assert got[12:] == packet[12:]
         assert r.relay._readiness is not None and r.relay._readiness._epoll is None  # noqa: SLF001
 
 
@@ -537,5 +555,5 @@ async def test_batched_relay_drains_every_socket_each_tick() -> None:
         for packet in sent:  # five at once on one socket: one tick must not take only the first
             r.asterisk_rtp.sendto(packet, (HOST, r.pbx_ports[0]))
         got = [(await recv(r.softphone_rtp))[0] for _ in sent]
-        assert got == sent
+        assert_translated(got, sent)
         assert r.relay.wakeups >= 1
