@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from stc_wire.messages import Message, RosterUpdate
 from stc_wire.roster import Roster, RosterError, RosterRejected, RosterVerifier
@@ -102,12 +105,21 @@ class ClientApp:
         """Verify (signature, room, version) before anything of it is believed or shown."""
         if self.tunnel is None:
             return
-        key = self.tunnel.server_certificate.public_key()
+        if not self.softphone.calls:
+            # A push that crossed our hang-up: nothing to show it in, nothing to refuse.
+            log.debug("roster ignored: not in a call")
+            return
+        certificate = self.tunnel.server_certificate
+        key = certificate.public_key()
         if self._verifier is None or self._verifier_key != key:
-            self._verifier = RosterVerifier.from_certificate(self.tunnel.server_certificate)
+            # server_id is what the server puts in every roster: its certificate's SHA-256.
+            server_id = hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
+            self._verifier = RosterVerifier.from_certificate(
+                certificate, server_id=server_id, max_age=self.config.server.roster_max_age)
             self._verifier_key = key
         try:
-            roster = self._verifier.accept(data)
+            # Only rosters of the rooms our calls are in: never another room's, never a stale one.
+            roster = self._verifier.accept(data, rooms={call.room for call in self.softphone.calls.values()})
         except RosterRejected as exc:
             log.error("roster REFUSED (%s): %s", exc.reason, exc)
             self.state.roster_rejected(exc)

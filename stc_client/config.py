@@ -20,6 +20,9 @@ class ServerSettings:
     keepalive_timeout: float = 45.0
     # After a lost or refused tunnel, retry with back-off up to this many seconds apart.
     reconnect_max_delay: float = 30.0
+    # A roster issued longer ago (or further in the future) than this is refused: clock skew
+    # between client and server must stay below it.
+    roster_max_age: float = 60.0
 
     @property
     def expected_name(self) -> str:
@@ -30,6 +33,8 @@ class ServerSettings:
             raise ValueError(f"port: {self.port} is not a TCP port")
         if self.keepalive_timeout <= self.keepalive_interval:
             raise ValueError("keepalive_timeout: must be longer than keepalive_interval")
+        if self.roster_max_age <= 0:
+            raise ValueError("roster_max_age: must be positive")
 
 
 @dataclass

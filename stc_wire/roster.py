@@ -28,7 +28,7 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Callable, Collection, Literal, Mapping, Union
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -47,7 +47,8 @@ _SIGLEN = struct.Struct(">H")
 _MIN_RSA_BITS = 2048
 
 RosterState = Literal["ok", "unknown"]
-RejectReason = Literal["bad-signature", "stale-version", "replayed", "wrong-room", "wrong-server", "malformed"]
+RejectReason = Literal["bad-signature", "stale-version", "replayed", "wrong-room", "wrong-server", "malformed",
+                       "too-old", "from-the-future"]
 PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey]
 PublicKey = Union[ec.EllipticCurvePublicKey, rsa.RSAPublicKey, ed25519.Ed25519PublicKey]
 
@@ -405,6 +406,9 @@ class RosterVerifier:
     """Client side: accepts only rosters signed by the server, for the expected room, each newer than the last.
 
     `room` / `server_id`: when given, rosters for another room / server are refused.
+    `max_age` (seconds): when given, a roster whose `issued_at` is older than that, or further
+    than that in the future (clock skew), is refused: a recorded roster cannot be replayed later
+    to a fresh verifier (one per tunnel) as if it were the room's present.
     """
 
     def __init__(
@@ -413,12 +417,16 @@ class RosterVerifier:
         *,
         room: str | None = None,
         server_id: str | None = None,
+        max_age: float | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         replay_memory: int = 1024,
     ) -> None:
         algorithm_for(server_public_key)  # refuse an unusable key now, not at the first roster
         self._key = server_public_key
         self.room = room
         self.server_id = server_id
+        self.max_age = max_age
+        self._clock = clock
         self._last: dict[str, int] = {}
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._replay_memory = replay_memory
@@ -433,8 +441,11 @@ class RosterVerifier:
     def last_version(self, room: str) -> int | None:
         return self._last.get(room)
 
-    def accept(self, signed: SignedRoster | bytes) -> Roster:
-        """The verified roster, or RosterRejected with the reason."""
+    def accept(self, signed: SignedRoster | bytes, *, rooms: Collection[str] | None = None) -> Roster:
+        """The verified roster, or RosterRejected with the reason.
+
+        `rooms`: the rooms the caller is in right now (checked besides `room`, if given).
+        """
         if isinstance(signed, (bytes, bytearray, memoryview)):
             signed = SignedRoster.from_bytes(bytes(signed))
         verify_signature(self._key, signed)
@@ -446,6 +457,16 @@ class RosterVerifier:
             raise RosterRejected("wrong-server", f"roster from {roster.server_id!r}, expected {self.server_id!r}")
         if self.room is not None and roster.room != self.room:
             raise RosterRejected("wrong-room", f"roster for room {roster.room!r}, expected {self.room!r}")
+        if rooms is not None and roster.room not in rooms:
+            expected = ", ".join(sorted(rooms)) or "none: not in a call"
+            raise RosterRejected("wrong-room", f"roster for room {roster.room!r}, expected {expected}")
+        if self.max_age is not None:
+            issued = datetime.strptime(roster.issued_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+            age = (self._clock() - issued).total_seconds()
+            if age > self.max_age:
+                raise RosterRejected("too-old", f"roster issued {age:.0f} s ago (at most {self.max_age:.0f} s)")
+            if age < -self.max_age:
+                raise RosterRejected("from-the-future", f"roster issued {-age:.0f} s in the future")
         digest = hashlib.sha256(bytes([signed.algorithm]) + signed.payload).digest()
         if digest in self._seen:
             raise RosterRejected("replayed", f"room {roster.room} version {roster.version} was already accepted")

@@ -289,3 +289,38 @@ def test_entry_invariants() -> None:
         RosterEntry("1.1", "1000", None, "PJSIP/x", None, "2026-05-01T10:00:00")
     with pytest.raises(RosterError, match="room"):
         Roster("s", "1000", 1, iso_utc(T0), entries=entries("2000"))
+
+
+def test_rosters_for_another_room_or_server_or_out_of_time_are_refused() -> None:
+    key = KEYS["ec-p256"]
+    issued = T0 + timedelta(seconds=6)  # see roster()
+    now = issued + timedelta(seconds=5)
+
+    def verifier(**kwargs: Any) -> RosterVerifier:
+        kwargs.setdefault("server_id", "stc-server-1")
+        return RosterVerifier(key.public_key(), max_age=60, clock=lambda: now, **kwargs)
+
+    signed = RosterSigner(key).sign(roster()).to_bytes()
+    assert verifier().accept(signed, rooms={"1000", "2000"}) == roster()
+    cases = {
+        "wrong-room": lambda: verifier().accept(signed, rooms={"2000"}),
+        "wrong-server": lambda: verifier(server_id="another-server").accept(signed, rooms={"1000"}),
+    }
+    for reason, attempt in cases.items():
+        with pytest.raises(RosterRejected) as refused:
+            attempt()
+        assert refused.value.reason == reason
+    with pytest.raises(RosterRejected) as refused:
+        verifier().accept(signed, rooms=set())
+    assert refused.value.reason == "wrong-room" and "not in a call" in str(refused.value)
+
+    now = issued + timedelta(seconds=61)
+    with pytest.raises(RosterRejected) as refused:
+        verifier().accept(signed)
+    assert refused.value.reason == "too-old"
+    now = issued - timedelta(seconds=61)
+    with pytest.raises(RosterRejected) as refused:
+        verifier().accept(signed)
+    assert refused.value.reason == "from-the-future"
+    now = issued - timedelta(seconds=59)  # within the allowed skew
+    assert verifier().accept(signed) == roster()
