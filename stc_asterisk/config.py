@@ -97,9 +97,14 @@ class MediaSettings:
     pbx_host: str = "127.0.0.1"
     # In order of preference; a client offering none of them is refused with the reason.
     srtp_profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM")
+    # A confirmed call from which no SRTP, SRTCP or keep-alive arrived for this many seconds is
+    # hung up (its client sends keep-alives while its softphone is silent, so this is a dead path).
+    call_timeout: float = 30.0
 
     def validate(self) -> None:
         check_srtp_profiles(self.srtp_profiles)
+        if self.call_timeout <= 0:
+            raise ValueError("call_timeout: must be positive")
 
 
 @dataclass

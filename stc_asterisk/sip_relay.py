@@ -4,8 +4,12 @@ Each client gets a UDP socket of its own towards Asterisk, so Asterisk sees a
 separate peer per client and sends in-dialog requests (a BYE from its side)
 back to the right tunnel. SDP is rewritten so Asterisk's RTP goes to the media
 relay; a call whose SDP cannot be rewritten is refused, never passed on with
-media in the clear. When the tunnel closes every call on it is hung up
-towards Asterisk and its ports are released.
+media in the clear, and SDP for a call stc holds no keys for is refused in both
+directions. Calls are dialogs (Call-ID and the client's tag): a softphone that
+restarts and reuses its Call-ID makes a new call, and a message of one never
+touches the other. When the tunnel closes, or a call's media goes silent for
+`media.call_timeout` (no SRTP and no keep-alive from its client), the call is hung
+up towards Asterisk and its ports are released.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from stc_wire.sip import (
     SipRequest,
     SipResponse,
     make_response,
+    make_via,
     new_branch,
+    new_tag,
     parse_message,
+    parse_name_addr,
     uri_with_host_port,
 )
 from stc_wire.sip_proxy import (
@@ -53,9 +60,13 @@ log = logging.getLogger(__name__)
 TOKEN_HEADER = "X-STC-Token"
 
 
+DialogKey = tuple[str, str]  # (Call-ID, the client side's tag)
+
+
 @dataclass
 class ServerCall:
     call_id: str
+    stream_id: str
     media_tag: str
     ports: CallMediaPorts
     profile: SrtpProfile
@@ -66,6 +77,13 @@ class ServerCall:
     to_tag: str | None = None
     confirmed: bool = False
     max_cseq: int = 0
+    client_tag: str = ""  # the From tag of the client's INVITE: with the Call-ID, the dialog
+    media_seen: int = -1  # packets counted at the last liveness check
+    media_seen_at: float = 0.0  # loop time when that count last moved
+
+    @property
+    def key(self) -> DialogKey:
+        return (self.call_id, self.client_tag)
 
 
 @dataclass
@@ -98,13 +116,15 @@ class TunnelCalls:
     def __init__(self, app: "ServerApp", peer: TunnelPeer) -> None:
         self.app = app
         self.peer = peer
-        self.calls: dict[str, ServerCall] = {}
+        self.calls: dict[DialogKey, ServerCall] = {}  # bound to a dialog by their INVITE
+        self.pending: dict[str, ServerCall] = {}  # keyed, INVITE not seen yet (by Call-ID)
         self.refused_media: dict[str, RefusedMedia] = {}
         self.counters = SipCounters()
         self._secret = secrets.token_hex(16)  # seeds our Via branches
         self._transport: asyncio.DatagramTransport | None = None
         self._local: tuple[str, int] = ("", 0)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def relay(self) -> MediaRelay:
@@ -121,6 +141,7 @@ class TunnelCalls:
             lambda: _AsteriskSide(self), local_addr=(self.app.config.media.pbx_host, 0))
         self._transport = transport
         self._local = transport.get_extra_info("sockname")[:2]
+        self._watch = asyncio.get_running_loop().create_task(self._watch_media())
         log.info("[%s] %s: SIP towards Asterisk from %s:%d", self.peer.id, self.peer.identity.display_name, *self._local)
 
     # -- from the client ------------------------------------------------------
@@ -142,7 +163,7 @@ class TunnelCalls:
             self.refused_media[offer.call_id] = RefusedMedia(str(exc))
             await self.peer.send(wire.MediaReject(offer.stream_id, str(exc)))
             return
-        if offer.call_id in self.calls:
+        if offer.call_id in self.pending:
             await self.peer.send(wire.MediaReject(offer.stream_id, "media already keyed for this call"))
             return
         agreement = KeyAgreement(Side.SERVER)
@@ -159,7 +180,7 @@ class TunnelCalls:
             self.refused_media[offer.call_id] = RefusedMedia(f"no media ports: {exc}")
             await self.peer.send(wire.MediaReject(offer.stream_id, "server has no free media ports"))
             return
-        self.calls[offer.call_id] = ServerCall(offer.call_id, tag, ports, profile, keys)
+        self.pending[offer.call_id] = ServerCall(offer.call_id, offer.stream_id, tag, ports, profile, keys)
         await self.peer.send(wire.MediaAnswer(offer.stream_id, profile.value, agreement.public_bytes,
                                               ports.wan_rtp_port, ports.wan_rtcp_port))
 
@@ -172,10 +193,14 @@ class TunnelCalls:
             return
         strip_private_headers(msg)
         point_contact_at(msg, *self._local)
-        call = self.calls.get(msg.call_id)
+        # The client's tag is in From on its requests, in To on its responses.
+        call = self.calls.get((msg.call_id, (msg.from_tag if isinstance(msg, SipRequest) else msg.to_tag) or ""))
         if isinstance(msg, SipRequest):
-            if is_initial_invite(msg) and not await self._admit_invite(msg, call):
-                return
+            if is_initial_invite(msg):
+                if call is None:
+                    call = self._bind_invite(msg)
+                if not await self._admit_invite(msg, call):
+                    return
             if not self._rewrite_sdp_to_asterisk(msg, call):
                 await self._refuse(msg, 488, "media cannot be relayed securely")
                 return
@@ -191,8 +216,17 @@ class TunnelCalls:
                 log.warning("[%s] client answered with SDP that cannot be relayed: dropped", self.peer.id)
                 return
         self._send_to_asterisk(msg)
-        if isinstance(msg, SipRequest) and msg.method == "BYE":
-            self._release(msg.call_id, "BYE from the client")
+        if isinstance(msg, SipRequest) and msg.method == "BYE" and call is not None:
+            self._release(call, "BYE from the client")
+
+    def _bind_invite(self, invite: SipRequest) -> ServerCall | None:
+        """An INVITE starts the dialog its MEDIA_OFFER was keyed for (ordered on the same stream)."""
+        call = self.pending.pop(invite.call_id, None)
+        if call is None:
+            return None
+        call.client_tag = invite.from_tag or ""
+        self.calls[call.key] = call
+        return call
 
     async def _admit_invite(self, invite: SipRequest, call: ServerCall | None) -> bool:
         refused = self.refused_media.pop(invite.call_id, None)
@@ -204,10 +238,11 @@ class TunnelCalls:
             return False
         if not invite.body:
             await self._refuse(invite, 488, "stc needs an SDP offer in the INVITE")
-            self._release(invite.call_id, "INVITE without SDP")
+            self._release(call, "INVITE without SDP")
             return False
         call.room = request_user(invite)
-        call.token = self.app.admissions.issue(self.peer, call.call_id, call.room) if self.app.admissions else ""
+        if not call.token:  # a retransmitted INVITE carries the token its first copy got
+            call.token = self.app.admissions.issue(self.peer, call.call_id, call.room) if self.app.admissions else ""
         if call.token:
             invite.set(TOKEN_HEADER, call.token)
         log.info("[%s] %s calls room %s (Call-ID %s, %s)", self.peer.id, self.peer.identity.display_name,
@@ -252,15 +287,21 @@ class TunnelCalls:
             self.counters.malformed["asterisk"] += 1
             log.warning("[%s] malformed SIP from Asterisk %s:%d dropped: %s", self.peer.id, *addr, exc)
             return
-        call = self.calls.get(msg.call_id)
+        # The client's tag is in From on responses to its requests, in To on Asterisk's requests.
+        call = self.calls.get((msg.call_id, (msg.to_tag if isinstance(msg, SipRequest) else msg.from_tag) or ""))
         if isinstance(msg, SipResponse):
             if not pop_own_via(msg, *self._local):
                 log.warning("[%s] response from Asterisk not for us (top Via) dropped", self.peer.id)
                 return
+            if not msg.get_all("Via"):
+                return  # the answer to a request of our own (a BYE or CANCEL we sent): ends here
+        if call is None and self._sdp_for_unknown_call(msg):
+            return
+        if isinstance(msg, SipResponse):
             self._track_response(msg, call)
-        elif msg.method == "BYE":
+        elif msg.method == "BYE" and call is not None:
             # Asterisk hangs up: the client still gets the BYE; media ends with it.
-            asyncio.get_running_loop().call_soon(self._release, msg.call_id, "BYE from Asterisk")
+            asyncio.get_running_loop().call_soon(self._release, call, "BYE from Asterisk")
         if call is not None:
             try:
                 endpoint = rewrite_sdp(msg, self.relay.wan_host, call.ports.wan_rtp_port, call.ports.wan_rtcp_port)
@@ -270,6 +311,44 @@ class TunnelCalls:
             if endpoint is not None:
                 self.relay.set_asterisk_media(call.media_tag, endpoint.address, endpoint.rtp_port, endpoint.rtcp_port)
         self._spawn(self._send_to_client(msg.to_bytes()))
+
+    def _sdp_for_unknown_call(self, msg: SipRequest | SipResponse) -> bool:
+        """SDP from Asterisk for a dialog we hold no keys for never reaches a client: a request is
+        answered 488, a 2xx is acknowledged and hung up. True when the message was consumed."""
+        if not msg.body:
+            return False
+        self.counters.refused["sdp-without-keys"] += 1
+        log.warning("[%s] SDP from Asterisk for a call stc holds no keys for (Call-ID %s) refused",
+                    self.peer.id, msg.call_id)
+        if isinstance(msg, SipRequest):
+            if msg.method != "ACK":
+                refusal = make_response(msg, 488, to_tag=new_tag(),
+                                        headers=[("Warning", '399 stc "no media keys for this call"')])
+                self._send_to_asterisk(refusal)
+            return True
+        number, method = msg.cseq
+        if method == "INVITE" and 200 <= msg.status < 300:
+            for request in (self._in_dialog_request(msg, "ACK", number),
+                            self._in_dialog_request(msg, "BYE", number + 1)):
+                self._send_to_asterisk(request)
+        return True
+
+    def _in_dialog_request(self, response: SipResponse, method: str, cseq: int) -> SipRequest:
+        """ACK or BYE for the dialog a 2xx from Asterisk set up, sent by us (our Via alone)."""
+        contact = response.get("Contact")
+        host, port = self.asterisk_address
+        target = parse_name_addr(contact).uri if contact else (parse_name_addr(response.get("To") or "").uri)
+        request = SipRequest(method, uri_with_host_port(target, host, port), [])
+        request.append("Via", str(make_via(*self._local, new_branch())))
+        request.append("Max-Forwards", "70")
+        request.append("From", response.get("From") or "")
+        request.append("To", response.get("To") or "")
+        request.append("Call-ID", response.call_id)
+        request.append("CSeq", f"{cseq} {method}")
+        if method == "BYE":
+            request.append("Reason", 'Q.850;cause=88;text="stc holds no media keys for this call"')
+        request.append("Content-Length", "0")
+        return request
 
     def _track_response(self, response: SipResponse, call: ServerCall | None) -> None:
         number, method = response.cseq
@@ -282,7 +361,7 @@ class TunnelCalls:
                 if call.invite is not None and response.to_tag:
                     call.invite.set("To", response.get("To") or "")
             elif not call.confirmed:
-                self._release(call.call_id, f"call failed with {response.status}")
+                self._release(call, f"call failed with {response.status}")
 
     async def _send_to_client(self, data: bytes) -> None:
         try:
@@ -297,19 +376,52 @@ class TunnelCalls:
         task.add_done_callback(self._tasks.discard)
 
     # -- clean-up ------------------------------------------------------------
-    def _release(self, call_id: str, why: str) -> None:
-        call = self.calls.pop(call_id, None)
-        if call is None:
-            return
+    def _release(self, call: ServerCall, why: str) -> None:
+        if self.calls.get(call.key) is call:
+            del self.calls[call.key]
+        elif self.pending.get(call.call_id) is call:
+            del self.pending[call.call_id]
+        else:
+            return  # released already
         self.relay.close_call(call.media_tag)
         if self.app.admissions and call.token:
             self.app.admissions.release(call.token)
-        log.info("[%s] call %s ended (%s); media released", self.peer.id, call_id, why)
+        log.info("[%s] call %s ended (%s); media released", self.peer.id, call.call_id, why)
+
+    def _all_calls(self) -> list[ServerCall]:
+        return [*self.calls.values(), *self.pending.values()]
 
     def _release_by_stream(self, stream_id: str) -> None:
-        for call in list(self.calls.values()):
-            if call.media_tag.endswith("/" + stream_id):
-                self._release(call.call_id, "client ended the media stream")
+        for call in self._all_calls():
+            if call.stream_id == stream_id:
+                self._release(call, "client ended the media stream")
+
+    async def _watch_media(self) -> None:
+        """Hang up confirmed calls whose client sends nothing any more (no SRTP, no keep-alive)."""
+        timeout = self.app.config.media.call_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(timeout / 10, 5.0))
+            now = loop.time()
+            for call in list(self.calls.values()):
+                if not call.confirmed:
+                    continue
+                stats = self.relay.stats(call.media_tag)
+                seen = stats.inbound_packets + stats.keepalives
+                if seen != call.media_seen:
+                    call.media_seen, call.media_seen_at = seen, now
+                elif now - call.media_seen_at >= timeout:
+                    log.warning("[%s] call %s: no media from the client for %.0f s: hanging up",
+                                self.peer.id, call.call_id, now - call.media_seen_at)
+                    self._hang_up_towards_asterisk(call)
+                    self._release(call, "no media from the client")
+                    self._spawn(self._send_media_end(call.stream_id))
+
+    async def _send_media_end(self, stream_id: str) -> None:
+        try:
+            await self.peer.send(wire.MediaEnd(stream_id))
+        except Exception as exc:  # the tunnel is going away; on_close cleans up
+            log.debug("[%s] cannot send MEDIA_END: %s", self.peer.id, exc)
 
     def _hang_up_towards_asterisk(self, call: ServerCall) -> None:
         invite = call.invite
@@ -337,9 +449,11 @@ class TunnelCalls:
 
     async def on_close(self, info: CloseInfo) -> None:
         self.app.sessions.pop(self.peer.id, None)
-        for call in list(self.calls.values()):
+        if self._watch is not None:
+            self._watch.cancel()
+        for call in self._all_calls():
             self._hang_up_towards_asterisk(call)
-            self._release(call.call_id, f"tunnel closed: {info.reason}")
+            self._release(call, f"tunnel closed: {info.reason}")
         for task in list(self._tasks):
             task.cancel()
         # Let Asterisk's answer to our BYE arrive before the socket goes (it is ignored).

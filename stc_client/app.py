@@ -17,7 +17,7 @@ from stc_wire.srtp import SrtpProfile
 
 from .config import ClientConfig
 from .media import ClientMedia
-from .softphone import SoftphoneProxy
+from .softphone import ClientCall, SoftphoneProxy
 from .state import ClientState
 from .tunnel_client import ClientTunnel, TunnelRefused, open_tunnel
 
@@ -42,13 +42,15 @@ class ClientApp:
         self.rosters: deque[Roster] = deque(maxlen=100)  # every verified roster, newest last
         self._verifier: RosterVerifier | None = None
         self._verifier_key: object = None
+        self._end_reason = ""  # why the last call ended, for the window
         self._build(config)
 
     def _build(self, config: ClientConfig) -> None:
         self.media = ClientMedia(config.server.host)
         self.softphone = SoftphoneProxy(
             config.sip.listen_host, config.sip.listen_port, self.media,
-            tuple(SrtpProfile.parse(p) for p in config.media.srtp_profiles), on_change=self._call_changed)
+            tuple(SrtpProfile.parse(p) for p in config.media.srtp_profiles), on_change=self._call_changed,
+            softphone_timeout=config.sip.softphone_timeout, on_call_end=self._call_ended)
 
     async def start(self) -> None:
         await self.softphone.start()
@@ -87,13 +89,16 @@ class ClientApp:
         await self.softphone.start()
         self._task = asyncio.create_task(self._keep_tunnel())
 
+    def _call_ended(self, call: ClientCall) -> None:
+        self._end_reason = call.end_reason
+
     def _call_changed(self) -> None:
         call = self.softphone.active_call
         if call is not None and call.profile is not None:
             if self.state.call is None or self.state.call.room != call.room:
                 self.state.call_started(call.room, call.profile.value, call.started)
         elif self.state.call is not None:
-            self.state.call_ended()
+            self.state.call_ended(self._end_reason or None)
 
     async def on_message(self, message: Message) -> None:
         if isinstance(message, RosterUpdate):

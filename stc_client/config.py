@@ -55,10 +55,15 @@ class SipSettings:
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 5060
+    # A call whose softphone sends no media and answers no in-dialog OPTIONS for this many
+    # seconds is hung up (a phone that died without a BYE must not stay in the room).
+    softphone_timeout: float = 30.0
 
     def validate(self) -> None:
         if not port_ok(self.listen_port):
             raise ValueError(f"listen_port: {self.listen_port} is not a UDP port")
+        if self.softphone_timeout <= 0:
+            raise ValueError("softphone_timeout: must be positive")
 
 
 @dataclass

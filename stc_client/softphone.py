@@ -7,6 +7,13 @@ exchange with the server (MEDIA_OFFER before the INVITE, on the same ordered
 stream); the softphone's RTP only leaves the host as SRTP under those keys.
 REGISTER is answered here: the tunnel, not a SIP registration, is what
 identifies the user to the server.
+
+Calls are dialogs (Call-ID and the softphone's tag), and each remembers the address
+its INVITE came from: in-dialog requests, responses and the BYE on tunnel loss go
+there, never to whichever local program spoke last. SDP reaches the softphone only
+as stc rewrote it: an offer or answer for a call without keys is refused. A call
+whose softphone sends no media and answers no in-dialog OPTIONS for
+`sip.softphone_timeout` seconds is hung up (a phone that died without a BYE).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import logging
 import secrets
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from stc_wire import messages as wire
@@ -52,6 +59,8 @@ from .media import ClientCallPorts, ClientMedia
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+DialogKey = tuple[str, str]  # (Call-ID, the softphone's tag)
+_MEMORY = 256  # ended calls and transactions remembered, at most
 
 
 @dataclass
@@ -60,13 +69,30 @@ class ClientCall:
     stream_id: str
     room: str
     agreement: KeyAgreement | None
-    softphone_contact: str = ""  # where in-dialog requests for the softphone go
+    softphone_tag: str = ""  # the From tag of the softphone's INVITE
+    softphone_address: Address = ("", 0)  # where its INVITE came from: everything for it goes there
+    softphone_contact: str = ""  # the Request-URI of requests for the softphone
     invite: SipRequest | None = None  # as the softphone sent it (for a BYE on tunnel loss)
     to_header: str = ""
     confirmed: bool = False
     profile: SrtpProfile | None = None
     started: datetime | None = None
     ports: ClientCallPorts | None = None
+    max_cseq: int = 0  # highest CSeq of the softphone's own requests in this dialog
+    # Requests towards the softphone (Asterisk's, and our liveness probes) share one CSeq space:
+    # ours are slotted in by shifting Asterisk's by `cseq_shift`, and their answers shifted back.
+    cseq_shift: int = 0
+    far_cseq: int = 0  # highest CSeq of Asterisk's requests in this dialog (unshifted)
+    shifted: OrderedDict[int, int] = field(default_factory=OrderedDict)  # sent CSeq -> Asterisk's
+    probe_cseq: int | None = None  # our OPTIONS in flight
+    probe_sent_at: float = 0.0
+    alive_at: float = 0.0  # loop time of the softphone's last sign of life (media, SIP)
+    media_seen: int = -1  # softphone packets counted at the last check
+    end_reason: str = ""
+
+    @property
+    def key(self) -> DialogKey:
+        return (self.call_id, self.softphone_tag)
 
 
 class _Listener(asyncio.DatagramProtocol):
@@ -85,34 +111,41 @@ SendToServer = Callable[[wire.Message], Awaitable[None]]
 
 class SoftphoneProxy:
     def __init__(self, host: str, port: int, media: ClientMedia, profiles: tuple[SrtpProfile, ...],
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None, *, softphone_timeout: float = 30.0,
+                 on_call_end: Callable[[ClientCall], None] = lambda call: None) -> None:
         self.host = host
         self.port = port
         self.media = media
         self.profiles = profiles
-        self.calls: dict[str, ClientCall] = {}
+        self.softphone_timeout = softphone_timeout
+        self.calls: dict[DialogKey, ClientCall] = {}
         # Calls just ended, so a retransmitted BYE (or its 200) still finds the softphone's contact.
-        self.recently_ended: OrderedDict[str, ClientCall] = OrderedDict()
+        self.recently_ended: OrderedDict[DialogKey, ClientCall] = OrderedDict()
         self.drops: Counter[str] = Counter()
         self._send: SendToServer | None = None
-        self._softphone: Address | None = None
+        self._last_softphone: Address | None = None  # only for requests outside any dialog
+        self._origins: OrderedDict[str, Address] = OrderedDict()  # out-of-dialog branch -> sender
         self._transport: asyncio.DatagramTransport | None = None
         self._secret = secrets.token_hex(16)
         self._on_change = on_change
+        self._on_call_end = on_call_end
         self._queue: asyncio.Queue[tuple[bytes, Address]] = asyncio.Queue(maxsize=1000)
         self._worker: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(lambda: _Listener(self), local_addr=(self.host, self.port))
         self.port = self._transport.get_extra_info("sockname")[1]
         self._worker = asyncio.create_task(self._work())
+        self._watcher = asyncio.create_task(self._watch_softphones())
         log.info("SIP for the softphone on udp %s:%d", self.host, self.port)
 
     async def close(self) -> None:
         await self.tunnel_lost("client shutting down")
-        if self._worker is not None:
-            self._worker.cancel()
+        for task in (self._worker, self._watcher):
+            if task is not None:
+                task.cancel()
         if self._transport is not None:
             self._transport.close()
 
@@ -123,6 +156,20 @@ class SoftphoneProxy:
     def active_call(self) -> ClientCall | None:
         for call in self.calls.values():
             if call.confirmed and call.profile is not None:
+                return call
+        return None
+
+    def _find(self, call_id: str, *tags: str | None) -> ClientCall | None:
+        for tag in tags:
+            call = self.calls.get((call_id, tag or ""))
+            if call is not None:
+                return call
+        return None
+
+    def _find_ended(self, call_id: str, *tags: str | None) -> ClientCall | None:
+        for tag in tags:
+            call = self.recently_ended.get((call_id, tag or ""))
+            if call is not None:
                 return call
         return None
 
@@ -153,7 +200,6 @@ class SoftphoneProxy:
             log.warning("malformed SIP from the softphone %s:%d dropped: %s", *addr, exc)
             self._answer_unparseable(data, addr, exc)
             return
-        self._softphone = addr
         strip_private_headers(msg)
         if isinstance(msg, SipRequest):
             await self._request_from_softphone(msg, addr)
@@ -182,6 +228,7 @@ class SoftphoneProxy:
 
     async def _request_from_softphone(self, request: SipRequest, addr: Address) -> None:
         if request.method == "REGISTER":
+            self._last_softphone = addr
             ok = make_response(request, 200, to_tag=new_tag())
             if (contact := request.get("Contact")) is not None:
                 ok.append("Contact", f"{contact};expires={request.get('Expires') or '3600'}" if "expires" not in contact.lower() else contact)
@@ -191,25 +238,49 @@ class SoftphoneProxy:
             if request.method != "ACK":
                 self._to_softphone(make_response(request, 503, headers=[("Warning", '399 stc "secure tunnel is down"')]).to_bytes(), addr)
             return
-        if is_initial_invite(request):
-            if not await self._start_call(request, addr):
+        call = self._find(request.call_id, request.from_tag)
+        if is_initial_invite(request) and call is None:
+            call = await self._start_call(request, addr)
+            if call is None:
                 return
-        call = self.calls.get(request.call_id)
-        if call is not None and request.method == "INVITE" and request.to_tag is not None:
-            try:
-                sd = sdp_of(request)
-                if sd is not None:
-                    endpoint = audio_endpoint(sd)
-                    self.media.set_softphone_media(call.stream_id, _local_if_unspecified(endpoint.address, addr),
-                                                   endpoint.rtp_port, endpoint.rtcp_port)
-            except (RelayRefused, SdpError) as exc:
-                self._refuse(request, addr, 488, f"media cannot be relayed securely: {exc}")
+        elif call is None:
+            if request.to_tag is not None and request.body:
+                # An offer in a dialog we hold no keys for: it must not reach Asterisk unrewritten.
+                self._refuse(request, addr, 481, "no such call (its media keys are gone)")
                 return
+            self._last_softphone = addr
+            if (branch := request.top_via_branch) is not None:
+                self._remember_origin(branch, addr)
+        if call is not None:
+            if addr != call.softphone_address:
+                # Another local program speaking in this call's dialog: it is not this call's phone.
+                self.drops["foreign-source"] += 1
+                log.warning("%s for call %s from %s:%d, not from its softphone: refused",
+                            request.method, request.call_id, *addr)
+                self._refuse(request, addr, 403, "not the softphone of this call")
+                return
+            call.max_cseq = max(call.max_cseq, request.cseq[0])
+            call.alive_at = asyncio.get_running_loop().time()
+            if request.method == "INVITE" and request.to_tag is not None:
+                try:
+                    sd = sdp_of(request)
+                    if sd is not None:
+                        endpoint = audio_endpoint(sd)
+                        self.media.set_softphone_media(call.stream_id, _local_if_unspecified(endpoint.address, addr),
+                                                       endpoint.rtp_port, endpoint.rtcp_port)
+                except (RelayRefused, SdpError) as exc:
+                    self._refuse(request, addr, 488, f"media cannot be relayed securely: {exc}")
+                    return
         await self._send(wire.SipMessage(request.to_bytes()))
         if request.method == "BYE" and call is not None:
-            self._end_call(call.call_id, "softphone hung up")
+            self._end_call(call, "you hung up")
 
-    async def _start_call(self, invite: SipRequest, addr: Address) -> bool:
+    def _remember_origin(self, branch: str, addr: Address) -> None:
+        self._origins[branch] = addr
+        while len(self._origins) > _MEMORY:
+            self._origins.popitem(last=False)
+
+    async def _start_call(self, invite: SipRequest, addr: Address) -> ClientCall | None:
         assert self._send is not None
         try:
             sd = sdp_of(invite)
@@ -218,32 +289,57 @@ class SoftphoneProxy:
             endpoint = audio_endpoint(sd)
         except (RelayRefused, SdpError) as exc:
             self._refuse(invite, addr, 488, str(exc))
-            return False
-        if invite.call_id in self.calls:
-            return True  # a retransmission
+            return None
+        for old in [c for c in self.calls.values() if c.call_id == invite.call_id]:
+            # Same Call-ID, another tag: the phone restarted and reuses its Call-ID. Its old call
+            # is over; hang it up so the room does not keep a ghost of it.
+            log.warning("call %s: the softphone started it again with a new tag: the old call ends", invite.call_id)
+            await self._hang_up_towards_server(old, "the softphone restarted")
+            self._end_call(old, "your softphone restarted the call")
         stream_id = secrets.token_hex(8)
-        call = ClientCall(invite.call_id, stream_id, request_user(invite), KeyAgreement(Side.CLIENT))
+        call = ClientCall(invite.call_id, stream_id, request_user(invite), KeyAgreement(Side.CLIENT),
+                          softphone_tag=invite.from_tag or "", softphone_address=addr)
         contact = invite.get("Contact")
         call.softphone_contact = parse_name_addr(contact).uri if contact else f"sip:{addr[0]}:{addr[1]}"
         call.invite = invite.copy()
+        call.alive_at = asyncio.get_running_loop().time()
         try:
             call.ports = await self.media.open_call(stream_id)
         except OSError as exc:
             self._refuse(invite, addr, 503, f"no local media ports: {exc}")
-            return False
+            return None
         self.media.set_softphone_media(stream_id, _local_if_unspecified(endpoint.address, addr), endpoint.rtp_port, endpoint.rtcp_port)
-        self.calls[invite.call_id] = call
+        self.calls[call.key] = call
         assert call.agreement is not None
         await self._send(wire.MediaOffer(stream_id, invite.call_id, tuple(p.value for p in self.profiles), call.agreement.public_bytes))
         log.info("call %s to room %s: media offer sent", invite.call_id, call.room)
-        return True
+        return call
+
+    async def _own_response(self, response: SipResponse) -> None:
+        """The softphone's answer to our probe: alive, unless it no longer knows the dialog."""
+        call = self._find(response.call_id, response.to_tag)
+        if call is None or response.cseq != (call.probe_cseq, "OPTIONS") or response.status < 200:
+            return
+        call.probe_cseq = None
+        if response.status in (408, 481):
+            await self._hang_up_towards_server(call, "softphone lost the call")
+            self._end_call(call, f"your softphone no longer knows this call ({response.status})")
+        else:
+            call.alive_at = asyncio.get_running_loop().time()
 
     async def _response_from_softphone(self, response: SipResponse) -> None:
         if not pop_own_via(response, self.host, self.port):
             self.drops["foreign-via"] += 1
             return
-        call = self.calls.get(response.call_id)
+        if not response.get_all("Via"):
+            await self._own_response(response)  # the answer to a request of our own: ends here
+            return
+        call = self._find(response.call_id, response.to_tag)
         if call is not None:
+            call.alive_at = asyncio.get_running_loop().time()
+            number, method = response.cseq
+            if number in call.shifted:  # back to the CSeq Asterisk sent
+                response.set("CSeq", f"{call.shifted[number]} {method}")
             try:
                 sd = sdp_of(response)
                 if sd is not None:
@@ -255,7 +351,7 @@ class SoftphoneProxy:
         if self._send is not None:
             await self._send(wire.SipMessage(response.to_bytes()))
         if call is not None and response.cseq[1] == "BYE":
-            self._end_call(call.call_id, "server side hung up")
+            self._end_call(call, "the conference hung up")
 
     def _refuse(self, request: SipRequest, addr: Address, status: int, why: str) -> None:
         log.warning("%s refused with %d: %s", request.method, status, why)
@@ -272,8 +368,16 @@ class SoftphoneProxy:
             for call in list(self.calls.values()):
                 if call.stream_id == message.stream_id:
                     self.media.close_call(call.stream_id)
+        elif isinstance(message, wire.MediaEnd):
+            for call in list(self.calls.values()):
+                if call.stream_id == message.stream_id:
+                    log.warning("call %s: the server ended it (no media reached it)", call.call_id)
+                    if call.confirmed:
+                        self._to_softphone(self._bye_to_softphone(call, "stc server saw no media").to_bytes(),
+                                           call.softphone_address)
+                    self._end_call(call, "the server received no media from this call")
         elif isinstance(message, wire.SipMessage):
-            self._sip_from_server(message.data)
+            await self._sip_from_server(message.data)
 
     def _media_answer(self, answer: wire.MediaAnswer) -> None:
         call = next((c for c in self.calls.values() if c.stream_id == answer.stream_id), None)
@@ -287,24 +391,29 @@ class SoftphoneProxy:
             keys = call.agreement.derive(answer.public_key, call_id=call.call_id, stream_id=call.stream_id, profile=profile)
         except (KeyAgreementError, ValueError) as exc:
             log.error("call %s: media keys refused: %s", call.call_id, exc)
-            self._end_call(call.call_id, "bad media answer")
+            self._end_call(call, "bad media answer")
             return
         call.agreement = None
         call.profile = profile
         self.media.install_keys(call.stream_id, keys, answer.rtp_port, answer.rtcp_port)
         self._on_change()
 
-    def _sip_from_server(self, data: bytes) -> None:
+    async def _sip_from_server(self, data: bytes) -> None:
         try:
             msg = parse_message(data)
         except SipParseError as exc:
             self.drops["malformed-from-server"] += 1
             log.warning("malformed SIP from the server dropped: %s", exc)
             return
-        if self._softphone is None:
-            self.drops["no-softphone"] += 1
-            return
-        call = self.calls.get(msg.call_id)
+        # The softphone's tag is in From on responses to its requests, in To on Asterisk's requests.
+        if isinstance(msg, SipResponse):
+            call = self._find(msg.call_id, msg.from_tag)
+        else:
+            call = self._find(msg.call_id, msg.to_tag)
+        if call is None or call.ports is None:
+            if msg.body:  # SDP nobody rewrote: never for the softphone's eyes
+                await self._refuse_unkeyed_sdp(msg)
+                return
         point_contact_at(msg, self.host, self.port)
         if call is not None and call.ports is not None:
             ports = call.ports
@@ -316,15 +425,68 @@ class SoftphoneProxy:
         if isinstance(msg, SipResponse):
             if call is not None:
                 self._track_response(call, msg)
-            self._to_softphone(msg.to_bytes(), self._softphone)
+                self._to_softphone(msg.to_bytes(), call.softphone_address)
+                return
+            ended = self._find_ended(msg.call_id, msg.from_tag)
+            branch = msg.top_via_branch
+            origin = ended.softphone_address if ended else self._origins.get(branch or "")
+            if origin is None:
+                self.drops["no-softphone"] += 1
+                return
+            self._to_softphone(msg.to_bytes(), origin)
             return
         push_via(msg, self.host, self.port, self._secret)
-        dialog = call or self.recently_ended.get(msg.call_id)
-        if dialog is not None and dialog.softphone_contact:
-            msg.uri = dialog.softphone_contact
-        else:
-            msg.uri = uri_with_host_port(msg.uri, *self._softphone)
-        self._to_softphone(msg.to_bytes(), self._softphone)
+        if call is not None:
+            self._shift_cseq(call, msg)
+            msg.uri = call.softphone_contact
+            self._to_softphone(msg.to_bytes(), call.softphone_address)
+            return
+        ended = self._find_ended(msg.call_id, msg.to_tag)
+        if ended is not None:
+            msg.uri = ended.softphone_contact
+            self._shift_cseq(ended, msg)
+            self._to_softphone(msg.to_bytes(), ended.softphone_address)
+            return
+        if self._last_softphone is None:
+            self.drops["no-softphone"] += 1
+            return
+        msg.uri = uri_with_host_port(msg.uri, *self._last_softphone)
+        self._to_softphone(msg.to_bytes(), self._last_softphone)
+
+    def _shift_cseq(self, call: ClientCall, request: SipRequest) -> None:
+        number, method = request.cseq
+        if method != "ACK":
+            call.far_cseq = max(call.far_cseq, number)
+        if call.cseq_shift:
+            sent = number + call.cseq_shift
+            request.set("CSeq", f"{sent} {method}")
+            call.shifted[sent] = number
+            while len(call.shifted) > 32:
+                call.shifted.popitem(last=False)
+
+    async def _refuse_unkeyed_sdp(self, msg: SipRequest | SipResponse) -> None:
+        """SDP for a dialog we hold no keys for: a request gets 488, a 2xx an ACK and a BYE."""
+        self.drops["sdp-without-keys"] += 1
+        log.warning("SDP from the server for a call without media keys (Call-ID %s) refused", msg.call_id)
+        if self._send is None:
+            return
+        if isinstance(msg, SipRequest):
+            if msg.method != "ACK":
+                refusal = make_response(msg, 488, to_tag=new_tag(), headers=[("Warning", '399 stc "no media keys for this call"')])
+                await self._send(wire.SipMessage(refusal.to_bytes()))
+            return
+        number, method = msg.cseq
+        if method == "INVITE" and 200 <= msg.status < 300:
+            for name, cseq in (("ACK", number), ("BYE", number + 1)):
+                request = SipRequest(name, parse_name_addr(msg.get("To") or "").uri, [])
+                request.append("Via", str(make_via(self.host, self.port, new_branch())))
+                request.append("Max-Forwards", "70")
+                request.append("From", msg.get("From") or "")
+                request.append("To", msg.get("To") or "")
+                request.append("Call-ID", msg.call_id)
+                request.append("CSeq", f"{cseq} {name}")
+                request.append("Content-Length", "0")
+                await self._send(wire.SipMessage(request.to_bytes()))
 
     def _track_response(self, call: ClientCall, response: SipResponse) -> None:
         number, method = response.cseq
@@ -335,44 +497,120 @@ class SoftphoneProxy:
                 call.started = call.started or datetime.now(timezone.utc)
                 self._on_change()
             elif not call.confirmed:
-                self._end_call(call.call_id, f"call failed with {response.status}")
+                self._end_call(call, f"the call failed ({response.status} {response.reason})")
         elif method == "BYE" and response.status >= 200:
-            self._end_call(call.call_id, "hung up")
+            self._end_call(call, "you hung up")
 
     def _to_softphone(self, data: bytes, addr: Address) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(data, addr)
 
+    # -- liveness -------------------------------------------------------------
+    async def _watch_softphones(self) -> None:
+        """Probe a confirmed call's softphone once it falls silent; hang up the ones that are gone."""
+        timeout = self.softphone_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(timeout / 10, 3.0))
+            now = loop.time()
+            for call in list(self.calls.values()):
+                if not call.confirmed:
+                    continue
+                try:
+                    stats = self.media.stats(call.stream_id)
+                except KeyError:
+                    continue
+                seen = stats.outbound_packets  # RTP and RTCP the softphone sent
+                if seen != call.media_seen:
+                    call.media_seen = seen
+                    call.alive_at = now
+                silent = now - call.alive_at
+                if silent >= timeout:
+                    log.warning("call %s: the softphone sent nothing and answered no OPTIONS for %.0f s: "
+                                "hanging up", call.call_id, silent)
+                    await self._hang_up_towards_server(call, "softphone gone")
+                    self._end_call(call, f"your softphone stopped answering for {silent:.0f} s")
+                elif silent >= timeout / 3 and (call.probe_cseq is None or now - call.probe_sent_at >= timeout / 6):
+                    self._probe(call, now)
+
+    def _probe(self, call: ClientCall, now: float) -> None:
+        """An in-dialog OPTIONS to the softphone; its answer is a sign of life."""
+        call.cseq_shift += 1
+        call.probe_cseq = call.far_cseq + call.cseq_shift
+        call.probe_sent_at = now
+        assert call.invite is not None
+        probe = SipRequest("OPTIONS", call.softphone_contact, [])
+        probe.append("Via", str(make_via(self.host, self.port, new_branch())))
+        probe.append("Max-Forwards", "70")
+        probe.append("From", call.to_header)  # we speak for the far end of the softphone's dialog
+        probe.append("To", call.invite.get("From") or "")
+        probe.append("Call-ID", call.call_id)
+        probe.append("CSeq", f"{call.probe_cseq} OPTIONS")
+        probe.append("Content-Length", "0")
+        self._to_softphone(probe.to_bytes(), call.softphone_address)
+
     # -- clean-up -------------------------------------------------------------
-    def _end_call(self, call_id: str, why: str) -> None:
-        call = self.calls.pop(call_id, None)
-        if call is None:
+    def _end_call(self, call: ClientCall, why: str) -> None:
+        if self.calls.get(call.key) is not call:
             return
-        self.recently_ended[call_id] = call
-        while len(self.recently_ended) > 256:
+        del self.calls[call.key]
+        call.end_reason = why
+        self.recently_ended[call.key] = call
+        while len(self.recently_ended) > _MEMORY:
             self.recently_ended.popitem(last=False)
         self.media.close_call(call.stream_id)
-        log.info("call %s ended (%s); media released", call_id, why)
+        log.info("call %s ended (%s); media released", call.call_id, why)
+        self._on_call_end(call)
         self._on_change()
 
+    async def _hang_up_towards_server(self, call: ClientCall, why: str) -> None:
+        """A BYE (or CANCEL) as the softphone would send it, so Asterisk ends the call now."""
+        if self._send is None or call.invite is None:
+            return
+        invite = call.invite
+        if call.confirmed:
+            request = SipRequest("BYE", invite.uri, [])
+            request.append("Via", str(make_via(self.host, self.port, new_branch())))
+            request.append("Max-Forwards", "70")
+            request.append("From", invite.get("From") or "")
+            request.append("To", call.to_header)
+            request.append("Call-ID", call.call_id)
+            request.append("CSeq", f"{max(call.max_cseq, invite.cseq[0]) + 1} BYE")
+            request.append("Reason", f'Q.850;cause=41;text="stc: {_quoted(why)}"')
+        else:
+            request = SipRequest("CANCEL", invite.uri, [])
+            request.append("Via", invite.get_all("Via")[0])
+            request.append("Max-Forwards", "70")
+            request.append("From", invite.get("From") or "")
+            request.append("To", invite.get("To") or "")
+            request.append("Call-ID", call.call_id)
+            request.append("CSeq", f"{invite.cseq[0]} CANCEL")
+        request.append("Content-Length", "0")
+        try:
+            await self._send(wire.SipMessage(request.to_bytes()))
+        except Exception as exc:  # the tunnel is going: the server hangs up what it carried
+            log.debug("hang-up for call %s not sent: %s", call.call_id, exc)
+
     async def tunnel_lost(self, why: str) -> None:
-        """The tunnel is gone: hang up every call towards the softphone and free its media."""
+        """The tunnel is gone: hang up every call towards its own softphone and free its media."""
         self._send = None
         for call in list(self.calls.values()):
-            if call.confirmed and call.invite is not None and self._softphone is not None:
-                self._to_softphone(self._bye_for(call).to_bytes(), self._softphone)
-            self._end_call(call.call_id, why)
+            if call.confirmed and call.invite is not None:
+                self._to_softphone(self._bye_to_softphone(call, "stc tunnel lost").to_bytes(), call.softphone_address)
+            self._end_call(call, f"the secure tunnel was lost ({why})")
 
-    def _bye_for(self, call: ClientCall) -> SipRequest:
+    def _bye_to_softphone(self, call: ClientCall, why: str) -> SipRequest:
         assert call.invite is not None
+        call.cseq_shift += 1  # a CSeq above any Asterisk sent in this dialog
         bye = SipRequest("BYE", call.softphone_contact, [])
         bye.append("Via", str(make_via(self.host, self.port, new_branch())))
         bye.append("Max-Forwards", "70")
         bye.append("From", call.to_header)  # we speak for the far end of the softphone's dialog
         bye.append("To", call.invite.get("From") or "")
         bye.append("Call-ID", call.call_id)
-        bye.append("CSeq", "1 BYE")
-        bye.append("Reason", 'Q.850;cause=41;text="stc tunnel lost"')
+        bye.append("CSeq", f"{call.far_cseq + call.cseq_shift} BYE")
+        bye.append("Reason", f'Q.850;cause=41;text="{_quoted(why)}"')
+        bye.append("Content-Length", "0")
         return bye
 
 

@@ -240,13 +240,15 @@ class ClientState:
         self._since = when
         self._changed()
 
-    def call_ended(self) -> None:
-        """Back to yellow; the roster of that call and its warnings go."""
+    def call_ended(self, why: str | None = None) -> None:
+        """Back to yellow; the roster of that call and its warnings go. `why` is shown."""
         if self._call is None and self._roster is None and self._rejection is None:
             return
         self._end_call()
         if self._tunnel_up and self._server is not None:
             self._reason = f"secure tunnel to {self._server.display_name} is up; no call"
+            if why:
+                self._reason += f" (the last call ended: {why})"
             self._since = self._clock()
         self._changed()
 
