@@ -18,6 +18,7 @@ class Packet:
     src: tuple[str, int]
     dst: tuple[str, int]
     payload: bytes
+    time: float = 0.0  # capture time, seconds since the epoch
 
 
 class Capture:
@@ -66,7 +67,8 @@ def parse_pcap(data: bytes) -> list[Packet]:
     offset = 24
     packets: list[Packet] = []
     while offset + 16 <= len(data):
-        _, _, incl_len, _ = struct.unpack(endian + "IIII", data[offset:offset + 16])
+        ts_sec, ts_usec, incl_len, _ = struct.unpack(endian + "IIII", data[offset:offset + 16])
+        when = ts_sec + ts_usec / 1e6
         frame = data[offset + 16: offset + 16 + incl_len]
         offset += 16 + incl_len
         if linktype == 1:  # Ethernet (Linux lo)
@@ -89,11 +91,11 @@ def parse_pcap(data: bytes) -> list[Packet]:
         body = ip[ihl:total]
         if proto == 17:
             sport, dport = struct.unpack("!HH", body[:4])
-            packets.append(Packet("udp", (src_ip, sport), (dst_ip, dport), body[8:]))
+            packets.append(Packet("udp", (src_ip, sport), (dst_ip, dport), body[8:], when))
         elif proto == 6:
             sport, dport = struct.unpack("!HH", body[:4])
             data_offset = (body[12] >> 4) * 4
-            packets.append(Packet("tcp", (src_ip, sport), (dst_ip, dport), body[data_offset:]))
+            packets.append(Packet("tcp", (src_ip, sport), (dst_ip, dport), body[data_offset:], when))
     return packets
 
 

@@ -146,6 +146,35 @@ async def test_a_softphone_repeating_its_sequence_never_reuses_keystream_and_is_
     assert server.inbound_packets >= ROUNDS * PER_ROUND * 0.95
 
 
+DEMO_PHONE = Path(__file__).resolve().parent.parent / "demo" / "sipp-phone.xml"
+
+
+async def test_the_demo_talker_is_heard_through_a_whole_minute(
+        asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+    """The demo's phone replays its 7 s capture every 8 s with the same sequence numbers: every
+    replay must reach the listener (before the translator, only the first one did)."""
+    async with stc_stack(pki, ("alice", "bob")) as stack, AmiClient() as ami:
+        since = ami.mark()
+        listener = caller(sipp_callers, stack, "bob", scenario=DEMO_PHONE)
+        listener.start()
+        await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
+        talker = caller(sipp_callers, stack, "alice", scenario=DEMO_PHONE, codec=Codec.PCMA, play_audio=True)
+        with Capture(f"udp and dst host 127.0.0.1 and dst port {listener.media_port}") as at_listener:
+            talker.start()
+            await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
+            started = time.time()
+            await asyncio.sleep(60)
+        heard = at_listener.packets()
+        at_listener.cleanup()
+        talker.kill()
+        listener.kill()
+        stats = stack.server.media.stats()
+    loud = [p.time - started for p in heard if len(p.payload) > 12 and len(set(p.payload[12:])) > 12]
+    per_window = [sum(1 for t in loud if w <= t < w + 10) for w in range(0, 60, 10)]
+    assert all(n > 50 for n in per_window), f"speech packets at the listener per 10 s: {per_window}"
+    assert stats.replay_drops == 0, stats
+
+
 # -- SDP that stc did not rewrite ------------------------------------------------------------------
 
 async def test_sdp_from_asterisk_for_an_unknown_call_never_reaches_a_softphone(
