@@ -277,7 +277,7 @@ async def test_a_killed_softphone_leaves_the_room_and_a_restarted_one_makes_no_g
 
 # -- in-dialog routing -----------------------------------------------------------------------------
 
-async def test_tunnel_loss_bye_reaches_the_calls_own_phone_after_another_program_spoke(
+async def test_another_local_program_can_neither_end_the_call_nor_receive_its_bye(
         asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
     async with stc_stack(pki, ("alice",)) as stack, AmiClient() as ami:
         since = ami.mark()
@@ -299,7 +299,22 @@ async def test_tunnel_loss_bye_reaches_the_calls_own_phone_after_another_program
             invite.append("Content-Length", "0")
             other.sendto(invite.to_bytes(), ("127.0.0.1", stack.sip_port("alice")))
             answer = await asyncio.wait_for(loop.sock_recv(other, 4096), 3)
-            assert answer.startswith(b"SIP/2.0 488 ")  # no SDP: refused, and nothing more
+            assert answer.startswith(b"SIP/2.0 488 ")
+            # The other program tries to hang up alice's call with her dialog's identifiers: 403.
+            [call] = stack.clients["alice"].softphone.calls.values()
+            assert call.invite is not None
+            bye = SipRequest("BYE", f"sip:{ROOM}@127.0.0.1", [])
+            bye.append("Via", f"SIP/2.0/UDP 127.0.0.1:{other.getsockname()[1]};branch={new_branch()}")
+            bye.append("Max-Forwards", "70")
+            bye.append("From", call.invite.get("From") or "")
+            bye.append("To", call.to_header)
+            bye.append("Call-ID", call.call_id)
+            bye.append("CSeq", "99 BYE")
+            bye.append("Content-Length", "0")
+            other.sendto(bye.to_bytes(), ("127.0.0.1", stack.sip_port("alice")))
+            answer = await asyncio.wait_for(loop.sock_recv(other, 4096), 3)
+            assert answer.startswith(b"SIP/2.0 403 ")
+            assert stack.clients["alice"].softphone.calls and len(await ami.confbridge_list(ROOM)) == 1  # no SDP: refused, and nothing more
             [peer] = stack.server.tunnels.peers.values()  # type: ignore[union-attr]
             peer.stream._writer.transport.abort()  # noqa: SLF001 - the tunnel dies
             assert await alice.wait_async(20) == 0, alice.describe()  # the BYE reached alice's phone
