@@ -362,3 +362,24 @@ async def test_rosters_for_another_room_another_server_or_too_old_are_refused_an
             warnings = client.state.snapshot()["warnings"]
             assert any(w["kind"] == "roster-rejected" and reason in w["message"] for w in warnings), warnings
         alice.kill()
+
+
+async def test_the_server_hangs_up_a_call_whose_media_path_died(
+        asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+    """The client's tunnel stays up but its call's SRTP and keep-alives stop (a client bug, a
+    blocked media path): the server ends that call on both sides after media.call_timeout."""
+    async with stc_stack(pki, ("alice",), call_timeout=3.0) as stack, AmiClient() as ami:
+        since = ami.mark()
+        alice = caller(sipp_callers, stack, "alice", scenario=UAC_WAIT_BYE)
+        alice.start()
+        await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
+        client = stack.clients["alice"]
+        await wait_until(lambda: client.state.light == "green", 10, "green")
+        [call] = client.softphone.calls.values()
+        client.media.close_call(call.stream_id)  # no more SRTP or keep-alive from this call
+        await ami.wait_for(event_is("ConfbridgeLeave", Conference=ROOM), timeout=15, since=since)
+        assert await alice.wait_async(10) == 0, alice.describe()  # the softphone got its BYE
+        await wait_until(lambda: not client.softphone.calls, 5, "client call ended")
+        assert "no media" in client.state.snapshot()["reason"]
+        assert stack.server.media.open_calls == 0
+        assert client.tunnel is not None  # the tunnel itself stayed up
