@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stc_wire.media_keys import CallKeys, KeyAgreement, Side  # noqa: E402
 from stc_wire.rtp import bind_udp_pair  # noqa: E402
 from stc_wire.srtp import SrtpDropped, SrtpProfile, SrtpProtector, SrtpUnprotector  # noqa: E402
+from stc_wire.translator import OutboundTranslator, SrtpSender  # noqa: E402
 
 HOST = "127.0.0.1"
 PERIOD_NS = 20_000_000  # 20 ms: G.711 at 50 packets a second
@@ -94,6 +95,12 @@ async def _serve(role: str, conn: Connection, batch: float | None) -> None:
             for n, call_keys in enumerate(keys):
                 opened = await relay.open_call(f"call-{n}", call_keys)
                 relay.set_asterisk_media(f"call-{n}", HOST, asterisk_address[1], asterisk_address[1] + 1)
+                # The relay translates outbound RTP to its own SSRC and index (stc_wire.translator);
+                # here it is made to pick the driver's SSRC and sequence, so the driver can match
+                # what arrives by them. The translation itself still runs (and costs) as usual.
+                relay._calls[f"call-{n}"].rtp_out.protect = SrtpSender(  # noqa: SLF001
+                    SrtpProtector(call_keys.profile, call_keys.server_to_client_srtp, call_keys.server_to_client_srtcp),
+                    OutboundTranslator(ssrc=TO_SECURE_SSRC_BASE + n, first_seq=1)).protect_rtp
                 ports.append((opened.wan_rtp_port, opened.pbx_rtp_port))
             return ports, _rss_kb() - rss_before
         if kind == "open_client":
@@ -101,6 +108,9 @@ async def _serve(role: str, conn: Connection, batch: float | None) -> None:
             rss_before = _rss_kb()
             local = await client.open_call("call-0")
             client.install_keys("call-0", call_keys, server_address[1], server_address[1] + 1)
+            client._calls["call-0"].rtp_out.protect = SrtpSender(  # noqa: SLF001 - as for the server above
+                SrtpProtector(call_keys.profile, call_keys.client_to_server_srtp, call_keys.client_to_server_srtcp),
+                OutboundTranslator(ssrc=TO_PLAIN_SSRC_BASE, first_seq=1)).protect_rtp
             return local.softphone_rtp_port, _rss_kb() - rss_before
         if kind == "mark":
             stats = relay.stats() if role == "server" else client.stats()
