@@ -25,17 +25,26 @@ class TunnelSettings:
     keepalive_interval: float = 15.0
     keepalive_timeout: float = 45.0
     max_clients: int = 1000
+    # A client that leaves this much unsent, or does not take a write within write_timeout, is closed as too slow.
+    send_queue_bytes: int = 1024 * 1024
+    write_timeout: float = 5.0
+    # The kernel's send buffer per tunnel (SO_SNDBUF; 0: the kernel's own, which grows to megabytes):
+    # with it, a peer that stops reading is noticed after a few hundred KiB instead of several MiB.
+    socket_send_buffer: int = 64 * 1024
     # How often connected clients are checked again (CRL or CA bundle changed, certificate expired).
     trust_recheck_interval: float = 10.0
 
     def validate(self) -> None:
         if not port_ok(self.listen_port):
             raise ValueError(f"listen_port: {self.listen_port} is not a TCP port")
-        for name in ("handshake_timeout", "hello_timeout", "keepalive_interval", "keepalive_timeout", "trust_recheck_interval"):
+        for name in ("handshake_timeout", "hello_timeout", "keepalive_interval", "keepalive_timeout", "trust_recheck_interval",
+                     "write_timeout", "send_queue_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
         if self.keepalive_timeout <= self.keepalive_interval:
             raise ValueError("keepalive_timeout: must be longer than keepalive_interval")
+        if self.socket_send_buffer < 0:
+            raise ValueError("socket_send_buffer: must be 0 (the kernel's) or a size in bytes")
 
 
 @dataclass

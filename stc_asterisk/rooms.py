@@ -137,12 +137,13 @@ class RoomService:
         task.add_done_callback(self._tasks.discard)
 
     async def _push(self, rooms: set[str]) -> None:
-        async with self._push_lock:  # versions go out in order
+        async with self._push_lock:  # versions go out in order; pushing only queues, never waits on a peer
             for room in sorted(rooms):
-                await self._push_room(room)
-                await self._enforce(room)
+                self._push_room(room)
+        for room in sorted(rooms):
+            await self._enforce(room)
 
-    async def _push_room(self, room: str) -> None:
+    def _push_room(self, room: str) -> None:
         now = datetime.now(timezone.utc)
         version = self.versions.next(room, time.time_ns() // 1000)
         roster = self.conference.roster(room, server_id=self.server_id, version=version, issued_at=iso_utc(now))
@@ -150,7 +151,7 @@ class RoomService:
         for session in list(self.app.sessions.values()):
             if any(call.room == room and call.confirmed for call in session.calls.values()):
                 try:
-                    await session.peer.send(wire.RosterUpdate(signed))
+                    session.peer.push(wire.RosterUpdate(signed))
                 except Exception as exc:  # that tunnel is closing; the others still get it
                     log.debug("roster to %s not sent: %s", session.peer.id, exc)
         log.info("room %s roster v%d: %d participant(s), %d unauthenticated, state %s", room, version,

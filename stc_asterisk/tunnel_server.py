@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -49,7 +50,11 @@ class TunnelPeer:
     connected_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     async def send(self, message: Message) -> None:
-        await self.stream.send(message)
+        self.stream.send_nowait(message)
+
+    def push(self, message: Message) -> None:
+        """Queue `message` without waiting on the peer (TunnelError if its tunnel is closed)."""
+        self.stream.send_nowait(message)
 
 
 class _NullSession:
@@ -179,6 +184,8 @@ class TunnelServer:
 
     async def _serve(self, conn_id: str, address: tuple[str, int], reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, clog: logging.LoggerAdapter[logging.Logger]) -> None:
+        if self.settings.socket_send_buffer:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.socket_send_buffer)
         if len(self.peers) >= self.settings.max_clients:
             self._refuse(conn_id, address, "server-full", f"{self.settings.max_clients} clients connected")
             return
@@ -209,6 +216,8 @@ class TunnelServer:
             keepalive_interval=self.settings.keepalive_interval,
             keepalive_timeout=self.settings.keepalive_timeout,
             log=clog,
+            send_queue_bytes=self.settings.send_queue_bytes,
+            write_timeout=self.settings.write_timeout,
         )
         try:
             hello = await stream.handshake(self.settings.hello_timeout)
