@@ -24,7 +24,10 @@ class TunnelSettings:
     hello_timeout: float = 10.0
     keepalive_interval: float = 15.0
     keepalive_timeout: float = 45.0
-    max_clients: int = 1000
+    max_clients: int = 1000  # connections still in TLS or HELLO count too
+    # Connections not yet through TLS and HELLO, in total and from one source address; more are closed at once.
+    pending_handshakes: int = 256
+    pending_handshakes_per_source: int = 16
     # A client that leaves this much unsent, or does not take a write within write_timeout, is closed as too slow.
     send_queue_bytes: int = 1024 * 1024
     write_timeout: float = 5.0
@@ -43,6 +46,8 @@ class TunnelSettings:
                 raise ValueError(f"{name}: must be positive")
         if self.keepalive_timeout <= self.keepalive_interval:
             raise ValueError("keepalive_timeout: must be longer than keepalive_interval")
+        if self.pending_handshakes < 1 or self.pending_handshakes_per_source < 1:
+            raise ValueError("pending_handshakes, pending_handshakes_per_source: must be at least 1")
         if self.socket_send_buffer < 0:
             raise ValueError("socket_send_buffer: must be 0 (the kernel's) or a size in bytes")
 
@@ -106,9 +111,57 @@ class MediaSettings:
     pbx_host: str = "127.0.0.1"
     # In order of preference; a client offering none of them is refused with the reason.
     srtp_profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM")
+    # UDP port ranges for a firewall, "FIRST-LAST" (inclusive; each call takes an even/odd pair
+    # on each side). Empty: the kernel's ephemeral ports.
+    wan_ports: str = ""
+    pbx_ports: str = ""
 
     def validate(self) -> None:
         check_srtp_profiles(self.srtp_profiles)
+        self.wan_port_range()
+        self.pbx_port_range()
+
+    def wan_port_range(self) -> range | None:
+        return port_range("wan_ports", self.wan_ports)
+
+    def pbx_port_range(self) -> range | None:
+        return port_range("pbx_ports", self.pbx_ports)
+
+
+def port_range(name: str, text: str) -> range | None:
+    """ "40000-40999" -> range(40000, 41000); "" -> None."""
+    if not text.strip():
+        return None
+    first, sep, last = text.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"{name}: {text!r} is not FIRST-LAST")
+    lo, hi = int(first), int(last)
+    if not (port_ok(lo) and port_ok(hi)) or hi <= lo:
+        raise ValueError(f"{name}: {text!r} is not a range of UDP ports with at least two")
+    return range(lo, hi + 1)
+
+
+@dataclass
+class LimitSettings:
+    """What one client or source address may hold on the server. Every refusal is counted and
+    logged, at most one line per reason every `refusal_log_interval` seconds."""
+
+    calls_per_tunnel: int = 4  # calls with media open at once (each MEDIA_OFFER binds four UDP sockets)
+    media_offers_per_call: int = 4  # MEDIA_OFFERs for one Call-ID, refused ones included
+    remembered_calls: int = 64  # per tunnel: refused offers kept for the INVITE that follows
+    token_ttl: float = 30.0  # an admission token not used by then is forgotten
+    malformed_sip_per_tunnel: int = 20  # malformed SIP frames before the tunnel is closed
+    refusal_log_interval: float = 10.0
+
+    def validate(self) -> None:
+        for name in ("calls_per_tunnel", "media_offers_per_call", "remembered_calls"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.malformed_sip_per_tunnel < 0:
+            raise ValueError("malformed_sip_per_tunnel: must not be negative")
+        for name in ("token_ttl", "refusal_log_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive")
 
 
 @dataclass
@@ -117,6 +170,7 @@ class ServerConfig:
     asterisk: AsteriskSettings = field(default_factory=AsteriskSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     rooms: RoomSettings = field(default_factory=RoomSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     log_level: str = "INFO"
 
     def validate(self) -> None:

@@ -31,6 +31,7 @@ from .ari import AriClient
 from .conference import ConferenceState
 from .fastagi import Admission, FastAgiServer, RoomPolicy, make_admission_handler
 from .fastagi.protocol import AgiRequest
+from .limits import TokenBook
 from .tunnel_server import TunnelPeer
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class RoomService:
         cert = x509.load_pem_x509_certificate(config.tunnel.cert.read_bytes())
         self.server_id = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
         self.policy = RoomPolicy.from_mapping(config.rooms.policy)
-        self.tokens: dict[str, TokenGrant] = {}
+        self.tokens: TokenBook[TokenGrant] = TokenBook(config.limits.token_ttl)
         ast = config.asterisk
         self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {
             "stc-admit": make_admission_handler(self.lookup_token, self.policy, self.on_admit)})
@@ -91,15 +92,15 @@ class RoomService:
 
     # -- tokens (the SIP relay's side) -------------------------------------------
     def issue(self, peer: TunnelPeer, call_id: str, room: str) -> str:
-        token = secrets.token_urlsafe(24)
-        self.tokens[token] = TokenGrant(peer.id, peer.identity, call_id, room)
-        return token
+        # A retransmitted INVITE gets the token its call already has; an unused one expires.
+        return self.tokens.issue(f"{peer.id}/{call_id}", secrets.token_urlsafe(24),
+                                 TokenGrant(peer.id, peer.identity, call_id, room))
 
     def release(self, token: str) -> None:
-        self.tokens.pop(token, None)
+        self.tokens.release(token)
 
     def lookup_token(self, token: str) -> Admission | None:
-        grant = self.tokens.get(token)
+        grant = self.tokens.use(token)
         if grant is None:
             return None
         return Admission(grant.identity, f"{grant.peer_id}/{grant.call_id}")
