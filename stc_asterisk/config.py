@@ -61,6 +61,10 @@ class AsteriskSettings:
     # FastAGI: where stc-server listens for the dialplan's AGI(agi://.../stc-admit).
     fastagi_host: str = "127.0.0.1"
     fastagi_port: int = 4573
+    # The only addresses FastAGI connections are served from (empty: sip_host and loopback), and
+    # the sessions at once from one of them.
+    fastagi_allowed: tuple[str, ...] = ()
+    fastagi_sessions_per_source: int = 50
     # ARI (membership) and AMI (talking, kick). The demo secrets of asterisk-conf/.
     ari_url: str = "http://127.0.0.1:8088"
     ari_user: str = "stc"
@@ -73,10 +77,15 @@ class AsteriskSettings:
     # Off only for a server that relays calls without watching rooms (no roster, no admission).
     watch_conferences: bool = True
 
+    def fastagi_sources(self) -> tuple[str, ...]:
+        return self.fastagi_allowed or (self.sip_host, "127.0.0.1", "::1")
+
     def validate(self) -> None:
         for name in ("sip_port", "fastagi_port", "ami_port"):
             if not port_ok(getattr(self, name)) and getattr(self, name) != 0:
                 raise ValueError(f"{name}: {getattr(self, name)} is not a port")
+        if self.fastagi_sessions_per_source < 1:
+            raise ValueError("fastagi_sessions_per_source: must be at least 1")
         if not self.ari_url.startswith(("http://", "https://")):
             raise ValueError(f"ari_url: {self.ari_url!r} is not an http(s) URL")
 

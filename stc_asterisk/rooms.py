@@ -62,7 +62,8 @@ class RoomService:
         self.tokens: TokenBook[TokenGrant] = TokenBook(config.limits.token_ttl)
         ast = config.asterisk
         self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {
-            "stc-admit": make_admission_handler(self.lookup_token, self.policy, self.on_admit)})
+            "stc-admit": make_admission_handler(self.lookup_token, self.policy, self.on_admit)},
+            allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source)
         self.ari = AriClient(ast.ari_url, ast.ari_user, ast.ari_password, ast.ari_app)
         self.ami = AmiClient(ast.ami_host, ast.ami_port, ast.ami_user, ast.ami_secret, on_event=self._ami_event,
                              on_up=lambda: log.info("AMI up"), on_down=lambda exc: log.warning("AMI down: %s", exc))
