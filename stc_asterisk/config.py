@@ -145,8 +145,8 @@ def port_range(name: str, text: str) -> range | None:
     if not sep or not first.strip().isdigit() or not last.strip().isdigit():
         raise ValueError(f"{name}: {text!r} is not FIRST-LAST")
     lo, hi = int(first), int(last)
-    if not (port_ok(lo) and port_ok(hi)) or hi <= lo:
-        raise ValueError(f"{name}: {text!r} is not a range of UDP ports with at least two")
+    if not (port_ok(lo) and port_ok(hi)) or hi - lo < 1 + lo % 2:
+        raise ValueError(f"{name}: {text!r} is not a range of UDP ports holding an even/odd pair")
     return range(lo, hi + 1)
 
 

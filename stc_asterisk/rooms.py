@@ -32,6 +32,7 @@ from .conference import ConferenceState
 from .fastagi import Admission, FastAgiServer, RoomPolicy, make_admission_handler
 from .fastagi.protocol import AgiRequest
 from .limits import TokenBook
+from .supervise import log_failure, supervise
 from .tunnel_server import TunnelPeer
 
 if TYPE_CHECKING:
@@ -75,7 +76,8 @@ class RoomService:
     async def start(self) -> None:
         await self.fastagi.start()
         await self.ami.start()
-        self._ari_task = asyncio.create_task(self.ari.run(self._ari_event, self._ari_connected, self._ari_lost))
+        self._ari_task = asyncio.create_task(supervise(
+            "ARI", lambda: self.ari.run(self._ari_event, self._ari_connected, self._ari_lost), log))
         log.info("admission FastAGI on %s:%d; following conferences through ARI %s and AMI %s:%d",
                  self.app.config.asterisk.fastagi_host, self.fastagi.port, self.app.config.asterisk.ari_url,
                  self.app.config.asterisk.ami_host, self.app.config.asterisk.ami_port)
@@ -137,6 +139,7 @@ class RoomService:
         task = asyncio.get_running_loop().create_task(self._push(rooms))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(log_failure(log, f"roster push for {', '.join(sorted(rooms))}"))
 
     async def _push(self, rooms: set[str]) -> None:
         async with self._push_lock:  # versions go out in order; pushing only queues, never waits on a peer

@@ -162,6 +162,10 @@ class TunnelCalls:
             await self.peer.send(wire.MediaReject(offer.stream_id, str(exc)))
             return
         tag = f"{self.peer.id}/{offer.stream_id}"
+        if any(call.media_tag == tag for call in self.calls.values()):  # a reused stream_id: refuse it, keep the rest
+            self.refused_media[offer.call_id] = RefusedMedia("stream_id already in use")
+            await self.peer.send(wire.MediaReject(offer.stream_id, "stream_id already in use on this tunnel"))
+            return
         try:
             ports = await self.relay.open_call(tag, keys)
         except OSError as exc:
@@ -320,7 +324,7 @@ class TunnelCalls:
 
     def _release_by_stream(self, stream_id: str) -> None:
         for call in list(self.calls.values()):
-            if call.media_tag.endswith("/" + stream_id):
+            if call.media_tag == f"{self.peer.id}/{stream_id}":
                 self._release(call.call_id, "client ended the media stream")
 
     def _hang_up_towards_asterisk(self, call: ServerCall) -> None:

@@ -28,6 +28,7 @@ from stc_wire.tunnel import Role, TunnelConnection, TunnelError
 
 from .config import TunnelSettings
 from .limits import RefusalLog, SourceGate
+from .supervise import supervise
 
 log = logging.getLogger(__name__)
 AGENT = "stc-server/0.1"
@@ -117,7 +118,7 @@ class TunnelServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.settings.listen_host, self.settings.listen_port)
-        self._recheck = asyncio.create_task(self._recheck_connected())
+        self._recheck = asyncio.create_task(supervise("the tunnels' certificate recheck", self._recheck_connected, log))
         log.info("tunnel listening on %s:%d (TLS 1.3, client certificate required)", self.settings.listen_host, self.port)
 
     async def close(self) -> None:
