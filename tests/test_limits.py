@@ -240,3 +240,24 @@ async def test_malformed_sip_frames_close_the_tunnel_after_the_limit(pki: TestPk
     assert replies.closed is not None and "malformed SIP" in replies.closed.reason and sent > limit
     lines = [r for r in caplog.records if "malformed SIP from client" in r.getMessage()]
     assert 1 <= len(lines) <= 2
+
+
+async def test_media_ports_stay_in_the_configured_ranges(pki: TestPki) -> None:
+    config = server_config(pki, wan_ports="41000-41099", pbx_ports="42000-42099")
+    config.asterisk.watch_conferences = False
+    app = ServerApp(config)
+    await app.start()
+    try:
+        tunnel = await open_tunnel(client_config(pki, "alice", app.tunnels.port))  # type: ignore[union-attr]
+        replies = Replies(tunnel)
+        key = KeyAgreement(Side.CLIENT).public_bytes
+        for i in range(4):
+            await tunnel.send(MediaOffer(f"s{i}", f"ranged-{i}@test", ("AES_CM_128_HMAC_SHA1_80",), key))
+        await replies.wait_for(4)
+        assert len(replies.answers) == 4
+        assert all(41000 <= a.rtp_port < a.rtcp_port <= 41099 for a in replies.answers)
+        [session] = app.sessions.values()
+        assert all(42000 <= c.ports.pbx_rtp_port < c.ports.pbx_rtcp_port <= 42099 for c in session.calls.values())
+        await tunnel.close()
+    finally:
+        await app.close()
