@@ -141,7 +141,8 @@ class TunnelCalls:
         if over_limit is not None:
             self.guard.refusals.refuse("media-offer-limit", "[%s] media offer for %s refused: %s", self.peer.id,
                                        offer.call_id, over_limit)
-            self.refused_media[offer.call_id] = RefusedMedia(over_limit)
+            if offer.call_id not in self.calls:  # a keyed call stays as it is
+                self.refused_media[offer.call_id] = RefusedMedia(over_limit)
             await self.peer.send(wire.MediaReject(offer.stream_id, over_limit))
             return
         try:

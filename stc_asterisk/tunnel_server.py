@@ -126,8 +126,9 @@ class TunnelServer:
             self._recheck.cancel()
         if self._server is not None:
             self._server.close()
-        for peer in list(self.peers.values()):
-            await peer.stream.close(CloseCode.SERVER_SHUTDOWN, "server shutting down")
+        # At once: a peer that does not take its CLOSE holds up only itself (2 s at most).
+        await asyncio.gather(*(peer.stream.close(CloseCode.SERVER_SHUTDOWN, "server shutting down")
+                               for peer in list(self.peers.values())))
         if self._tasks:  # let sessions hang up their calls before anything is cancelled
             await asyncio.wait(list(self._tasks), timeout=2)
         for task in list(self._tasks):
