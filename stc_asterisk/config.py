@@ -24,18 +24,32 @@ class TunnelSettings:
     hello_timeout: float = 10.0
     keepalive_interval: float = 15.0
     keepalive_timeout: float = 45.0
-    max_clients: int = 1000
+    max_clients: int = 1000  # connections still in TLS or HELLO count too
+    # Connections not yet through TLS and HELLO, in total and from one source address; more are closed at once.
+    pending_handshakes: int = 256
+    pending_handshakes_per_source: int = 16
+    # A client that leaves this much unsent, or does not take a write within write_timeout, is closed as too slow.
+    send_queue_bytes: int = 1024 * 1024
+    write_timeout: float = 5.0
+    # The kernel's send buffer per tunnel (SO_SNDBUF; 0: the kernel's own, which grows to megabytes):
+    # with it, a peer that stops reading is noticed after a few hundred KiB instead of several MiB.
+    socket_send_buffer: int = 64 * 1024
     # How often connected clients are checked again (CRL or CA bundle changed, certificate expired).
     trust_recheck_interval: float = 10.0
 
     def validate(self) -> None:
         if not port_ok(self.listen_port):
             raise ValueError(f"listen_port: {self.listen_port} is not a TCP port")
-        for name in ("handshake_timeout", "hello_timeout", "keepalive_interval", "keepalive_timeout", "trust_recheck_interval"):
+        for name in ("handshake_timeout", "hello_timeout", "keepalive_interval", "keepalive_timeout", "trust_recheck_interval",
+                     "write_timeout", "send_queue_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
         if self.keepalive_timeout <= self.keepalive_interval:
             raise ValueError("keepalive_timeout: must be longer than keepalive_interval")
+        if self.pending_handshakes < 1 or self.pending_handshakes_per_source < 1:
+            raise ValueError("pending_handshakes, pending_handshakes_per_source: must be at least 1")
+        if self.socket_send_buffer < 0:
+            raise ValueError("socket_send_buffer: must be 0 (the kernel's) or a size in bytes")
 
 
 @dataclass
@@ -47,6 +61,10 @@ class AsteriskSettings:
     # FastAGI: where stc-server listens for the dialplan's AGI(agi://.../stc-admit).
     fastagi_host: str = "127.0.0.1"
     fastagi_port: int = 4573
+    # The only addresses FastAGI connections are served from (empty: sip_host and loopback), and
+    # the sessions at once from one of them.
+    fastagi_allowed: tuple[str, ...] = ()
+    fastagi_sessions_per_source: int = 50
     # ARI (membership) and AMI (talking, kick). The demo secrets of asterisk-conf/.
     ari_url: str = "http://127.0.0.1:8088"
     ari_user: str = "stc"
@@ -59,10 +77,15 @@ class AsteriskSettings:
     # Off only for a server that relays calls without watching rooms (no roster, no admission).
     watch_conferences: bool = True
 
+    def fastagi_sources(self) -> tuple[str, ...]:
+        return self.fastagi_allowed or (self.sip_host, "127.0.0.1", "::1")
+
     def validate(self) -> None:
         for name in ("sip_port", "fastagi_port", "ami_port"):
             if not port_ok(getattr(self, name)) and getattr(self, name) != 0:
                 raise ValueError(f"{name}: {getattr(self, name)} is not a port")
+        if self.fastagi_sessions_per_source < 1:
+            raise ValueError("fastagi_sessions_per_source: must be at least 1")
         if not self.ari_url.startswith(("http://", "https://")):
             raise ValueError(f"ari_url: {self.ari_url!r} is not an http(s) URL")
 
@@ -100,11 +123,59 @@ class MediaSettings:
     # A confirmed call from which no SRTP, SRTCP or keep-alive arrived for this many seconds is
     # hung up (its client sends keep-alives while its softphone is silent, so this is a dead path).
     call_timeout: float = 30.0
+    # UDP port ranges for a firewall, "FIRST-LAST" (inclusive; each call takes an even/odd pair
+    # on each side). Empty: the kernel's ephemeral ports.
+    wan_ports: str = ""
+    pbx_ports: str = ""
 
     def validate(self) -> None:
         check_srtp_profiles(self.srtp_profiles)
+        self.wan_port_range()
+        self.pbx_port_range()
         if self.call_timeout <= 0:
             raise ValueError("call_timeout: must be positive")
+
+    def wan_port_range(self) -> range | None:
+        return port_range("wan_ports", self.wan_ports)
+
+    def pbx_port_range(self) -> range | None:
+        return port_range("pbx_ports", self.pbx_ports)
+
+
+def port_range(name: str, text: str) -> range | None:
+    """ "40000-40999" -> range(40000, 41000); "" -> None."""
+    if not text.strip():
+        return None
+    first, sep, last = text.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"{name}: {text!r} is not FIRST-LAST")
+    lo, hi = int(first), int(last)
+    if not (port_ok(lo) and port_ok(hi)) or hi - lo < 1 + lo % 2:
+        raise ValueError(f"{name}: {text!r} is not a range of UDP ports holding an even/odd pair")
+    return range(lo, hi + 1)
+
+
+@dataclass
+class LimitSettings:
+    """What one client or source address may hold on the server. Every refusal is counted and
+    logged, at most one line per reason every `refusal_log_interval` seconds."""
+
+    calls_per_tunnel: int = 4  # calls with media open at once (each MEDIA_OFFER binds four UDP sockets)
+    media_offers_per_call: int = 4  # MEDIA_OFFERs for one Call-ID, refused ones included
+    remembered_calls: int = 64  # per tunnel: refused offers kept for the INVITE that follows
+    token_ttl: float = 30.0  # an admission token not used by then is forgotten
+    malformed_sip_per_tunnel: int = 20  # malformed SIP frames before the tunnel is closed
+    refusal_log_interval: float = 10.0
+
+    def validate(self) -> None:
+        for name in ("calls_per_tunnel", "media_offers_per_call", "remembered_calls"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.malformed_sip_per_tunnel < 0:
+            raise ValueError("malformed_sip_per_tunnel: must not be negative")
+        for name in ("token_ttl", "refusal_log_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive")
 
 
 @dataclass
@@ -113,6 +184,7 @@ class ServerConfig:
     asterisk: AsteriskSettings = field(default_factory=AsteriskSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     rooms: RoomSettings = field(default_factory=RoomSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     log_level: str = "INFO"
 
     def validate(self) -> None:

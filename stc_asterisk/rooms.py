@@ -31,6 +31,8 @@ from .ari import AriClient
 from .conference import ConferenceState
 from .fastagi import Admission, FastAgiServer, RoomPolicy, make_admission_handler
 from .fastagi.protocol import AgiRequest
+from .limits import TokenBook
+from .supervise import log_failure, supervise
 from .tunnel_server import TunnelPeer
 
 if TYPE_CHECKING:
@@ -58,10 +60,11 @@ class RoomService:
         cert = x509.load_pem_x509_certificate(config.tunnel.cert.read_bytes())
         self.server_id = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
         self.policy = RoomPolicy.from_mapping(config.rooms.policy)
-        self.tokens: dict[str, TokenGrant] = {}
+        self.tokens: TokenBook[TokenGrant] = TokenBook(config.limits.token_ttl)
         ast = config.asterisk
         self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {
-            "stc-admit": make_admission_handler(self.lookup_token, self.policy, self.on_admit)})
+            "stc-admit": make_admission_handler(self.lookup_token, self.policy, self.on_admit)},
+            allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source)
         self.ari = AriClient(ast.ari_url, ast.ari_user, ast.ari_password, ast.ari_app)
         self.ami = AmiClient(ast.ami_host, ast.ami_port, ast.ami_user, ast.ami_secret, on_event=self._ami_event,
                              on_up=lambda: log.info("AMI up"), on_down=lambda exc: log.warning("AMI down: %s", exc))
@@ -73,7 +76,8 @@ class RoomService:
     async def start(self) -> None:
         await self.fastagi.start()
         await self.ami.start()
-        self._ari_task = asyncio.create_task(self.ari.run(self._ari_event, self._ari_connected, self._ari_lost))
+        self._ari_task = asyncio.create_task(supervise(
+            "ARI", lambda: self.ari.run(self._ari_event, self._ari_connected, self._ari_lost), log))
         log.info("admission FastAGI on %s:%d; following conferences through ARI %s and AMI %s:%d",
                  self.app.config.asterisk.fastagi_host, self.fastagi.port, self.app.config.asterisk.ari_url,
                  self.app.config.asterisk.ami_host, self.app.config.asterisk.ami_port)
@@ -91,15 +95,15 @@ class RoomService:
 
     # -- tokens (the SIP relay's side) -------------------------------------------
     def issue(self, peer: TunnelPeer, call_id: str, room: str) -> str:
-        token = secrets.token_urlsafe(24)
-        self.tokens[token] = TokenGrant(peer.id, peer.identity, call_id, room)
-        return token
+        # A retransmitted INVITE gets the token its call already has; an unused one expires.
+        return self.tokens.issue(f"{peer.id}/{call_id}", secrets.token_urlsafe(24),
+                                 TokenGrant(peer.id, peer.identity, call_id, room))
 
     def release(self, token: str) -> None:
-        self.tokens.pop(token, None)
+        self.tokens.release(token)
 
     def lookup_token(self, token: str) -> Admission | None:
-        grant = self.tokens.get(token)
+        grant = self.tokens.use(token)
         if grant is None:
             return None
         return Admission(grant.identity, f"{grant.peer_id}/{grant.call_id}")
@@ -135,14 +139,16 @@ class RoomService:
         task = asyncio.get_running_loop().create_task(self._push(rooms))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(log_failure(log, f"roster push for {', '.join(sorted(rooms))}"))
 
     async def _push(self, rooms: set[str]) -> None:
-        async with self._push_lock:  # versions go out in order
+        async with self._push_lock:  # versions go out in order; pushing only queues, never waits on a peer
             for room in sorted(rooms):
-                await self._push_room(room)
-                await self._enforce(room)
+                self._push_room(room)
+        for room in sorted(rooms):
+            await self._enforce(room)
 
-    async def _push_room(self, room: str) -> None:
+    def _push_room(self, room: str) -> None:
         now = datetime.now(timezone.utc)
         version = self.versions.next(room, time.time_ns() // 1000)
         roster = self.conference.roster(room, server_id=self.server_id, version=version, issued_at=iso_utc(now))
@@ -150,7 +156,7 @@ class RoomService:
         for session in list(self.app.sessions.values()):
             if any(call.room == room and call.confirmed for call in session.calls.values()):
                 try:
-                    await session.peer.send(wire.RosterUpdate(signed))
+                    session.peer.push(wire.RosterUpdate(signed))
                 except Exception as exc:  # that tunnel is closing; the others still get it
                     log.debug("roster to %s not sent: %s", session.peer.id, exc)
         log.info("room %s roster v%d: %d participant(s), %d unauthenticated, state %s", room, version,

@@ -50,6 +50,7 @@ from stc_wire.sip_proxy import (
 from stc_wire.srtp import SrtpProfile
 from stc_wire.stream import CloseInfo
 
+from .limits import BoundedDict, TunnelGuard
 from .media import CallMediaPorts, MediaRelay
 from .tunnel_server import TunnelPeer
 
@@ -118,7 +119,8 @@ class TunnelCalls:
         self.peer = peer
         self.calls: dict[DialogKey, ServerCall] = {}  # bound to a dialog by their INVITE
         self.pending: dict[str, ServerCall] = {}  # keyed, INVITE not seen yet (by Call-ID)
-        self.refused_media: dict[str, RefusedMedia] = {}
+        self.refused_media: dict[str, RefusedMedia] = BoundedDict(app.config.limits.remembered_calls)
+        self.guard = TunnelGuard(app.config.limits, log)  # issue 11: offers, malformed frames, refusal log
         self.counters = SipCounters()
         self._secret = secrets.token_hex(16)  # seeds our Via branches
         self._transport: asyncio.DatagramTransport | None = None
@@ -156,10 +158,18 @@ class TunnelCalls:
             log.debug("[%s] ignoring %s", self.peer.id, type(message).__name__)
 
     async def _media_offer(self, offer: wire.MediaOffer) -> None:
+        over_limit = self.guard.offers.check(offer.call_id, len(self.calls) + len(self.pending))
+        if over_limit is not None:
+            self.guard.refusals.refuse("media-offer-limit", "[%s] media offer for %s refused: %s", self.peer.id,
+                                       offer.call_id, over_limit)
+            if offer.call_id not in self.pending:  # a keyed call stays as it is
+                self.refused_media[offer.call_id] = RefusedMedia(over_limit)
+            await self.peer.send(wire.MediaReject(offer.stream_id, over_limit))
+            return
         try:
             profile = negotiate_profile(offer.profiles, self.app.srtp_profiles)
         except ProfileMismatch as exc:
-            log.warning("[%s] call %s refused: %s", self.peer.id, offer.call_id, exc)
+            self.guard.refusals.refuse("srtp-profile", "[%s] call %s refused: %s", self.peer.id, offer.call_id, exc)
             self.refused_media[offer.call_id] = RefusedMedia(str(exc))
             await self.peer.send(wire.MediaReject(offer.stream_id, str(exc)))
             return
@@ -174,6 +184,10 @@ class TunnelCalls:
             await self.peer.send(wire.MediaReject(offer.stream_id, str(exc)))
             return
         tag = f"{self.peer.id}/{offer.stream_id}"
+        if any(call.media_tag == tag for call in self._all_calls()):  # a reused stream_id: refuse it, keep the rest
+            self.refused_media[offer.call_id] = RefusedMedia("stream_id already in use")
+            await self.peer.send(wire.MediaReject(offer.stream_id, "stream_id already in use on this tunnel"))
+            return
         try:
             ports = await self.relay.open_call(tag, keys)
         except OSError as exc:
@@ -189,7 +203,10 @@ class TunnelCalls:
             msg = parse_message(data)
         except SipParseError as exc:
             self.counters.malformed[str(exc.status)] += 1
-            log.warning("[%s] malformed SIP from client dropped: %s", self.peer.id, exc)
+            self.guard.refusals.refuse("malformed-sip", "[%s] malformed SIP from client dropped: %s", self.peer.id, exc)
+            if self.guard.malformed.hit():
+                await self.peer.stream.close(wire.CloseCode.PROTOCOL_ERROR,
+                                             f"more than {self.guard.malformed.limit} malformed SIP frames")
             return
         strip_private_headers(msg)
         point_contact_at(msg, *self._local)

@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -20,12 +21,14 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from stc_wire.identity import CertificateRejected, PeerIdentity, TrustAnchors, check_client_certificate
-from stc_wire.messages import CloseCode, Message
+from stc_wire.messages import CloseCode, Hello, Message
 from stc_wire.stream import CloseInfo, TunnelStream
 from stc_wire.tls import describe_ssl_error, server_context
 from stc_wire.tunnel import Role, TunnelConnection, TunnelError
 
 from .config import TunnelSettings
+from .limits import RefusalLog, SourceGate
+from .supervise import supervise
 
 log = logging.getLogger(__name__)
 AGENT = "stc-server/0.1"
@@ -49,7 +52,11 @@ class TunnelPeer:
     connected_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     async def send(self, message: Message) -> None:
-        await self.stream.send(message)
+        self.stream.send_nowait(message)
+
+    def push(self, message: Message) -> None:
+        """Queue `message` without waiting on the peer (TunnelError if its tunnel is closed)."""
+        self.stream.send_nowait(message)
 
 
 class _NullSession:
@@ -101,6 +108,8 @@ class TunnelServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._recheck: asyncio.Task[None] | None = None
+        self._handshakes = SourceGate(settings.pending_handshakes, settings.pending_handshakes_per_source)
+        self._refusals = RefusalLog(log)
 
     @property
     def port(self) -> int:
@@ -109,7 +118,7 @@ class TunnelServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.settings.listen_host, self.settings.listen_port)
-        self._recheck = asyncio.create_task(self._recheck_connected())
+        self._recheck = asyncio.create_task(supervise("the tunnels' certificate recheck", self._recheck_connected, log))
         log.info("tunnel listening on %s:%d (TLS 1.3, client certificate required)", self.settings.listen_host, self.port)
 
     async def close(self) -> None:
@@ -117,8 +126,9 @@ class TunnelServer:
             self._recheck.cancel()
         if self._server is not None:
             self._server.close()
-        for peer in list(self.peers.values()):
-            await peer.stream.close(CloseCode.SERVER_SHUTDOWN, "server shutting down")
+        # At once: a peer that does not take its CLOSE holds up only itself (2 s at most).
+        await asyncio.gather(*(peer.stream.close(CloseCode.SERVER_SHUTDOWN, "server shutting down")
+                               for peer in list(self.peers.values())))
         if self._tasks:  # let sessions hang up their calls before anything is cancelled
             await asyncio.wait(list(self._tasks), timeout=2)
         for task in list(self._tasks):
@@ -175,47 +185,72 @@ class TunnelServer:
 
     def _refuse(self, conn_id: str, address: tuple[str, int], reason: str, detail: str) -> None:
         self.refused[reason] += 1
-        log.warning("[%s] refused %s:%d: %s (%s)", conn_id, address[0], address[1], reason, detail)
+        self._refusals.refuse(reason, "[%s] refused %s:%d: %s (%s)", conn_id, address[0], address[1], reason, detail)
 
     async def _serve(self, conn_id: str, address: tuple[str, int], reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, clog: logging.LoggerAdapter[logging.Logger]) -> None:
-        if len(self.peers) >= self.settings.max_clients:
-            self._refuse(conn_id, address, "server-full", f"{self.settings.max_clients} clients connected")
+        if len(self.peers) + self._handshakes.total >= self.settings.max_clients:
+            self._refuse(conn_id, address, "server-full", f"{self.settings.max_clients} clients connected or connecting")
+            writer.transport.abort()
             return
+        busy = self._handshakes.enter(address[0])
+        if busy is not None:
+            self._refuse(conn_id, address, "too-many-handshakes", busy)
+            writer.transport.abort()
+            return
+        try:
+            opened = await self._open(conn_id, address, writer, reader, clog)
+        finally:
+            self._handshakes.leave(address[0])
+        if opened is not None:
+            await self._run(conn_id, address, *opened)
+
+    async def _open(self, conn_id: str, address: tuple[str, int], writer: asyncio.StreamWriter,
+                    reader: asyncio.StreamReader, clog: logging.LoggerAdapter[logging.Logger]
+                    ) -> tuple[PeerIdentity, TunnelStream, bytes, Hello] | None:
+        """TLS and HELLO, within their deadlines: the authenticated stream, or None (refused, logged)."""
+        if self.settings.socket_send_buffer:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.socket_send_buffer)
         try:
             self._trust.reload_if_changed()
         except Exception as exc:  # a broken CRL on disk: fail closed, keep serving others
             self._refuse(conn_id, address, "trust-unavailable", str(exc))
-            return
+            return None
         try:
             async with asyncio.timeout(self.settings.handshake_timeout):
                 await writer.start_tls(self._trust.context)
         except TimeoutError:
             self._refuse(conn_id, address, "handshake-timeout", f"no TLS handshake within {self.settings.handshake_timeout:g} s")
-            return
+            return None
         except (ssl.SSLError, ConnectionError, OSError) as exc:
             self._refuse(conn_id, address, "tls-handshake-failed", describe_ssl_error(exc))
-            return
+            return None
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         try:
             identity = check_client_certificate(der, self._trust.trust, datetime.now(timezone.utc))
         except CertificateRejected as exc:
             self._refuse(conn_id, address, exc.reason, str(exc))
-            return
+            return None
         stream = TunnelStream(
             reader, writer,
             TunnelConnection(Role.SERVER, capabilities=self._capabilities, agent=AGENT, peer_info=identity.to_json()),
             keepalive_interval=self.settings.keepalive_interval,
             keepalive_timeout=self.settings.keepalive_timeout,
             log=clog,
+            send_queue_bytes=self.settings.send_queue_bytes,
+            write_timeout=self.settings.write_timeout,
         )
         try:
             hello = await stream.handshake(self.settings.hello_timeout)
         except TunnelError as exc:
             self._refuse(conn_id, address, exc.reason, f"{identity.subject}: {exc}")
-            return
-        peer = TunnelPeer(conn_id, address, identity, stream, der or b"")
+            return None
+        return identity, stream, der or b"", hello
+
+    async def _run(self, conn_id: str, address: tuple[str, int], identity: PeerIdentity, stream: TunnelStream,
+                   der: bytes, hello: Hello) -> None:
+        peer = TunnelPeer(conn_id, address, identity, stream, der)
         log.info("[%s] client connected from %s:%d: %s, SHA-256 %s, agent %r, protocol v%s",
                  conn_id, address[0], address[1], identity.subject, identity.fingerprint_sha256,
                  hello.agent, stream.connection.version)

@@ -40,6 +40,12 @@ ARI_USER = "stc"
 ARI_PASSWORD = "stc-demo-ari"
 ARI_URL = f"http://{ARI_HOST}:{ARI_PORT}/ari"
 
+# The dialplan's AGI(agi://127.0.0.1:4573/stc-admit) in asterisk-conf/extensions.conf: the one fixed
+# port, taken by a test's stc-server only while this process runs the lab (the lab lock keeps other
+# test sessions out of the lab meanwhile); tests without the lab take a free port.
+FASTAGI_PORT = 4573
+_started_here = False
+
 # The first setup builds a root (about 40 s on a good mirror); allow slow mirrors.
 SETUP_TIMEOUT_S = 900.0
 
@@ -96,14 +102,23 @@ def lab_start(conf_dir: Path | None = None, timeout: float = SETUP_TIMEOUT_S) ->
 
     conf_dir: a config directory to use instead of asterisk-conf/ (STC_ASTERISK_CONF).
     """
+    global _started_here
     line = _checked(_run_lab("start", timeout=timeout, conf_dir=conf_dir), "start").strip()
     logger.info("%s", line)
+    _started_here = True
     return line
 
 
 def lab_stop(timeout: float = 60.0) -> None:
     """Stop the lab's Asterisk (idempotent)."""
+    global _started_here
+    _started_here = False
     _checked(_run_lab("stop", timeout=timeout), "stop")
+
+
+def lab_started_here() -> bool:
+    """True while this process runs the lab (started by lab_start, not stopped since)."""
+    return _started_here
 
 
 def lab_running() -> bool:

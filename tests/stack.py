@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from asterisk_lab import SIP_HOST, SIP_PORT
+import asterisk_lab
+from asterisk_lab import FASTAGI_PORT, SIP_HOST, SIP_PORT
 from sipp import free_udp_port
 
 from stc_asterisk.app import ServerApp
@@ -45,7 +46,9 @@ def server_config(pki: TestPki, *, listen_port: int = 0, unauthenticated: str = 
     return ServerConfig(
         tunnel=TunnelSettings(listen_host=WAN_HOST, listen_port=listen_port, cert=pki.server.cert, key=pki.server.key,
                               ca_bundle=pki.ca, crl=pki.crl, keepalive_interval=2, keepalive_timeout=6),
-        asterisk=AsteriskSettings(sip_host=SIP_HOST, sip_port=SIP_PORT),
+        # The lab's dialplan calls FastAGI on its fixed port; without the lab, any free port.
+        asterisk=AsteriskSettings(sip_host=SIP_HOST, sip_port=SIP_PORT,
+                                  fastagi_port=FASTAGI_PORT if asterisk_lab.lab_started_here() else 0),
         media=replace(MediaSettings(wan_host=WAN_HOST, pbx_host="127.0.0.1"), **media),  # type: ignore[arg-type]
         rooms=RoomSettings(unauthenticated=unauthenticated),
     )

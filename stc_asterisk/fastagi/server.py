@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Awaitable, Callable, Collection, Mapping, MutableMapping
+
+from ..limits import RefusalLog
 
 from .protocol import (
     MAX_HEADER_BYTES,
@@ -43,6 +46,8 @@ class AgiConnectionClosed(AgiHangup):
 class AgiServerCounters:
     sessions: int = 0  # requests handed to a handler (unknown scripts included)
     refused: int = 0  # connections closed at once: max_sessions reached
+    refused_sources: int = 0  # connections closed at once: not from an allowed address
+    refused_per_source: int = 0  # connections closed at once: max_sessions_per_source reached
     errors: int = 0  # garbage, early EOF, timeouts, handler failures
     unknown_scripts: int = 0
     active: int = 0
@@ -148,6 +153,11 @@ class AgiSession:
         await _close_writer(self._writer)
 
 
+def _plain_address(address: str) -> str:
+    """An IPv4-mapped IPv6 peer (a dual-stack listener) as its IPv4 address."""
+    return address[7:] if address.lower().startswith("::ffff:") and "." in address else address
+
+
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
     writer.close()
     try:
@@ -173,11 +183,19 @@ class FastAgiServer:
         command_timeout: float = 5.0,
         max_sessions: int = 100,
         max_header_bytes: int = MAX_HEADER_BYTES,
+        allowed_sources: Collection[str] | None = None,
+        max_sessions_per_source: int | None = None,
     ) -> None:
+        """`allowed_sources`: the only peer addresses served (None: any); `max_sessions_per_source`:
+        sessions at once from one address (None: `max_sessions`)."""
         if header_timeout <= 0 or command_timeout <= 0:
             raise ValueError("timeouts must be positive")
-        if max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1")
+        if max_sessions < 1 or (max_sessions_per_source is not None and max_sessions_per_source < 1):
+            raise ValueError("max_sessions and max_sessions_per_source must be at least 1")
+        self._allowed = None if allowed_sources is None else {_plain_address(a) for a in allowed_sources}
+        self._max_per_source = max_sessions_per_source or max_sessions
+        self._by_source: Counter[str] = Counter()
+        self._refusals = RefusalLog(log)
         self._host = host
         self._port = port
         self._handlers = dict(handlers)
@@ -220,15 +238,29 @@ class FastAgiServer:
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        source = _plain_address(str(peer[0])) if peer else "?"
+        if self._allowed is not None and source not in self._allowed:
+            self.counters.refused_sources += 1
+            self._refusals.refuse("source", "FastAGI connection from %s refused: not an allowed Asterisk address", peer)
+            writer.transport.abort()
+            return
         if self.counters.active >= self._max_sessions:
             self.counters.refused += 1
-            log.warning("FastAGI connection from %s refused: %d sessions already running", peer, self.counters.active)
+            self._refusals.refuse("full", "FastAGI connection from %s refused: %d sessions already running", peer,
+                                  self.counters.active)
+            writer.transport.abort()
+            return
+        if self._by_source[source] >= self._max_per_source:
+            self.counters.refused_per_source += 1
+            self._refusals.refuse("per-source", "FastAGI connection from %s refused: %d sessions from %s already running",
+                                  peer, self._by_source[source], source)
             writer.transport.abort()
             return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)  # type: ignore[arg-type]
         self.counters.active += 1
+        self._by_source[source] += 1
         try:
             await self._serve(reader, writer, peer)
         except asyncio.CancelledError:
@@ -237,6 +269,9 @@ class FastAgiServer:
             log.debug("FastAGI session from %s cancelled by close()", peer)
         finally:
             self.counters.active -= 1
+            self._by_source[source] -= 1
+            if not self._by_source[source]:
+                del self._by_source[source]
             self._tasks.discard(task)  # type: ignore[arg-type]
             await _close_writer(writer)
 
