@@ -282,7 +282,7 @@ class TunnelCalls:
 
     async def _refuse(self, request: SipRequest, status: int, why: str) -> None:
         self.counters.refused[str(status)] += 1
-        log.warning("[%s] %s refused with %d: %s", self.peer.id, request.method, status, why)
+        self.guard.refusals.refuse(f"sip-{status}", "[%s] %s refused with %d: %s", self.peer.id, request.method, status, why)
         if request.method == "ACK":
             return
         response = make_response(request, status, headers=[("Warning", f'399 stc "{why}"')])
