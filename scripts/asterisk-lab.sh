@@ -49,7 +49,7 @@ MIN_ASTERISK_MAJOR=22
 REQUIRED_MODULES=(
     chan_pjsip res_pjsip res_pjsip_session res_pjsip_pubsub res_pjsip_sdp_rtp
     res_pjsip_endpoint_identifier_ip res_pjsip_header_funcs res_pjsip_nat res_pjproject
-    res_rtp_asterisk codec_ulaw codec_alaw
+    res_rtp_asterisk codec_ulaw codec_alaw codec_opus_open_source codec_g722
     app_confbridge bridge_softmix res_timing_timerfd
     res_agi pbx_config
     res_http_websocket res_websocket_client res_stasis res_ari res_ari_model
