@@ -73,6 +73,7 @@ REASON_LABELS: dict[str, str] = {
     "protocol-error": "protocol error",
     "bad-local-settings": "bad local settings",
     "tunnel-closed": "tunnel closed",
+    "client-fault": "client error",
 }
 
 

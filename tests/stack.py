@@ -80,7 +80,7 @@ def write_client_config(pki: TestPki, user: str, server_port: int, config_dir: P
         "identity": {"cert": str(i.cert), "key": str(i.key), "ca_bundle": str(i.ca_bundle)},
         "sip": {"listen_host": config.sip.listen_host, "listen_port": free_udp_port(config.sip.listen_host)},
         "media": {"srtp_profiles": list(profiles)},
-        "ui": {"host": "127.0.0.1", "port": 0},
+        "ui": {"host": "127.0.0.1", "port": 0, "secret_file": str(config_dir / f"{user}-window-secret")},
     }
     config_dir.mkdir(parents=True, exist_ok=True)
     path = config_dir / f"{user}.toml"
