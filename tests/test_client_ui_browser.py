@@ -495,6 +495,22 @@ async def test_page_holds_the_secret_in_a_cookie_not_in_its_address(window: Wind
     assert browser.errors == []
 
 
+async def test_a_push_that_fails_closes_the_websocket_and_says_why(
+        window: Window, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from stc_client.state import StateSubscription
+
+    async def broken(self: StateSubscription) -> dict[str, object]:
+        raise RuntimeError("forced fault in the state push")
+
+    monkeypatch.setattr(StateSubscription, "next", broken)
+    base = f"http://127.0.0.1:{window.ui.port}"
+    async with aiohttp.ClientSession(headers=AUTH) as http, http.ws_connect(f"{base}/api/ws") as ws:
+        message = await ws.receive(timeout=5)
+        assert message.type == aiohttp.WSMsgType.CLOSE and message.data == aiohttp.WSCloseCode.INTERNAL_ERROR
+    record = next(r for r in caplog.records if "pushing the state to the window failed" in r.getMessage())
+    assert record.exc_info is not None and "forced fault in the state push" in str(record.exc_info[1])
+
+
 async def test_failed_apply_is_reported_after_saving(pki: TestPki, tmp_path: Path) -> None:
     (tmp_path / "pki").symlink_to(pki.dir)
     config_path = tmp_path / "client.toml"

@@ -201,6 +201,9 @@ class UiServer:
                 await ws.send_json(snapshot)
         except ConnectionError as exc:
             log.debug("window websocket gone: %s", exc)
+        except Exception:  # a page that hears nothing would show stale state: close it, the page reconnects
+            log.exception("pushing the state to the window failed; closing its websocket")
+            await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"stc-client error")
 
     async def _close_sockets(self, app: web.Application) -> None:
         for ws in list(self._sockets):
