@@ -41,6 +41,9 @@ class IdentitySettings:
     cert: Path = Path("pki/users/alice.pem")
     key: Path = Path("pki/users/alice.key")
     ca_bundle: Path = Path("pki/ca.pem")
+    # The CA's certificate revocation list (PEM): a revoked or unlisted-CA server certificate is
+    # refused, and so is every server while the CRL is out of date (fail-closed). None: no check.
+    crl: Path | None = None
     # A PKCS#12 bundle used instead of cert/key when set.
     pkcs12: Path | None = None
     pkcs12_passphrase: str = ""
