@@ -564,6 +564,8 @@ main() {
     trap 'exit 143' TERM
 
     start_asterisk
+    # stc-server has no built-in ARI/AMI secrets: the running lab's (demo/server.toml reads them).
+    lab secrets "$RUN_DIR/pbx-secrets" || die "cannot read the lab Asterisk's ARI/AMI secrets"
 
     say "stc-server (demo/server.toml)"
     start_process stc-server "$LOG_DIR/server.log" "$BIN/stc-server" --config demo/server.toml

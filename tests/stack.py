@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from asterisk_lab import SIP_HOST, SIP_PORT
+from asterisk_lab import SIP_HOST, SIP_PORT, lab_secret
 from sipp import free_udp_port
 
 from stc_asterisk.app import ServerApp
@@ -45,7 +45,8 @@ def server_config(pki: TestPki, *, listen_port: int = 0, unauthenticated: str = 
     return ServerConfig(
         tunnel=TunnelSettings(listen_host=WAN_HOST, listen_port=listen_port, cert=pki.server.cert, key=pki.server.key,
                               ca_bundle=pki.ca, crl=pki.crl, keepalive_interval=2, keepalive_timeout=6),
-        asterisk=AsteriskSettings(sip_host=SIP_HOST, sip_port=SIP_PORT),
+        asterisk=AsteriskSettings(sip_host=SIP_HOST, sip_port=SIP_PORT, ari_password=lab_secret("ari-password"),
+                                  ami_secret=lab_secret("ami-secret")),
         media=replace(MediaSettings(wan_host=WAN_HOST, pbx_host="127.0.0.1"), **media),  # type: ignore[arg-type]
         rooms=RoomSettings(unauthenticated=unauthenticated),
     )
