@@ -229,6 +229,7 @@ class ClientMedia:
         call.rtcp_in.unprotect = unprotector.unprotect_rtcp
         if call.keepalive is None:
             call.keepalive = asyncio.get_running_loop().create_task(call.keep_latched(KEEPALIVE_INTERVAL))
+            call.keepalive.add_done_callback(_log_if_failed)
         logger.info(
             "call %s: SRTP keys installed (%s), server media at %s:%s/%s",
             call_tag, keys.profile.value, self._server_ip, server_rtp_port, server_rtcp_port,
@@ -269,3 +270,9 @@ class ClientMedia:
 
 def _unbound(packet: bytes, address: Address) -> None:
     raise OSError("media transport not ready")
+
+
+def _log_if_failed(task: asyncio.Task[None]) -> None:
+    """A call's keep-alive task that died of a bug says so (with its traceback) instead of vanishing."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("a call's media keep-alive stopped on an unexpected error", exc_info=task.exception())

@@ -17,9 +17,10 @@ Snapshot schema (`ClientState.snapshot()`, JSON-ready, `schema` = 1):
     label         "Not connected" | "Connected, no call" | "In a secure call"
     reason        human sentence: why red, or what yellow/green means
     reason_code   red: a TunnelRefused reason (server-unreachable,
-                  server-certificate-rejected, refused-by-server, tls-failed,
-                  protocol-error, bad-local-settings) or not-connected,
-                  tunnel-closed; null otherwise
+                  server-certificate-rejected, server-certificate-revoked,
+                  refused-by-server, tls-failed, protocol-error,
+                  bad-local-settings) or not-connected, tunnel-closed,
+                  client-fault; null otherwise
     reason_label  short words for reason_code ("server unreachable", ...), or null
     since         ISO 8601 UTC: when the light last changed colour or reason
     server        PeerIdentity.to_json() of the server, or null
@@ -68,11 +69,13 @@ REASON_LABELS: dict[str, str] = {
     "not-connected": "not connected yet",
     "server-unreachable": "server unreachable",
     "server-certificate-rejected": "server certificate wrong",
+    "server-certificate-revoked": "server certificate REVOKED",
     "refused-by-server": "refused certificate",
     "tls-failed": "TLS failed",
     "protocol-error": "protocol error",
     "bad-local-settings": "bad local settings",
     "tunnel-closed": "tunnel closed",
+    "client-fault": "client error",
 }
 
 

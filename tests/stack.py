@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asterisk_lab
-from asterisk_lab import FASTAGI_PORT, SIP_HOST, SIP_PORT
+from asterisk_lab import FASTAGI_PORT, SIP_HOST, SIP_PORT, lab_secret
 from sipp import free_udp_port
 
 from stc_asterisk.app import ServerApp
@@ -47,7 +47,8 @@ def server_config(pki: TestPki, *, listen_port: int = 0, unauthenticated: str = 
         tunnel=TunnelSettings(listen_host=WAN_HOST, listen_port=listen_port, cert=pki.server.cert, key=pki.server.key,
                               ca_bundle=pki.ca, crl=pki.crl, keepalive_interval=2, keepalive_timeout=6),
         # The lab's dialplan calls FastAGI on its fixed port; without the lab, any free port.
-        asterisk=AsteriskSettings(sip_host=SIP_HOST, sip_port=SIP_PORT,
+        asterisk=AsteriskSettings(sip_host=SIP_HOST, sip_port=SIP_PORT, ari_password=lab_secret("ari-password"),
+                                  ami_secret=lab_secret("ami-secret"),
                                   fastagi_port=FASTAGI_PORT if asterisk_lab.lab_started_here() else 0),
         media=replace(MediaSettings(wan_host=WAN_HOST, pbx_host="127.0.0.1"), **media),  # type: ignore[arg-type]
         rooms=RoomSettings(unauthenticated=unauthenticated),
@@ -83,7 +84,7 @@ def write_client_config(pki: TestPki, user: str, server_port: int, config_dir: P
         "identity": {"cert": str(i.cert), "key": str(i.key), "ca_bundle": str(i.ca_bundle)},
         "sip": {"listen_host": config.sip.listen_host, "listen_port": free_udp_port(config.sip.listen_host)},
         "media": {"srtp_profiles": list(profiles)},
-        "ui": {"host": "127.0.0.1", "port": 0},
+        "ui": {"host": "127.0.0.1", "port": 0, "secret_file": str(config_dir / f"{user}-window-secret")},
     }
     config_dir.mkdir(parents=True, exist_ok=True)
     path = config_dir / f"{user}.toml"

@@ -290,6 +290,16 @@
     }
   }
 
+  // The address stc-client printed carries the window's secret; the server has put it in a
+  // cookie by now, so take it out of the address bar (and so out of history and bookmarks).
+  function forgetTokenInAddress() {
+    const url = new URL(location.href);
+    if (!url.searchParams.has("token")) return;
+    url.searchParams.delete("token");
+    history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+  }
+
+  forgetTokenInAddress();
   document.addEventListener("DOMContentLoaded", () => {
     form().addEventListener("submit", submit);
     for (const r of form().querySelectorAll('input[name="identity.kind"]')) r.addEventListener("change", () => showKind(r.value));
