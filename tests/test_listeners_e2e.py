@@ -10,7 +10,6 @@ app_chanspy and app_mixmonitor are not in asterisk-conf/modules.conf: the inside
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -79,9 +78,14 @@ class Insider:
             snoop: dict[str, Any] = await response.json()
         return snoop
 
-    async def chanspy(self, channel_name: str) -> None:
+    async def chanspy(self, channel_name: str, channel_id: str) -> dict[str, str]:
+        """ChanSpy(channel_name) on a Local channel; its ChanSpyStart (a snoop raises one too: not that one)."""
+        since = self.ami.mark()
         await self.ami.action({"Action": "Originate", "Channel": "Local/9999@stc-insider", "Application": "ChanSpy",
                                "Data": f"{channel_name},q", "CallerID": "Spy <666>", "Async": "true"})
+        started = event_is("ChanSpyStart", SpyeeUniqueid=channel_id)
+        return await self.ami.wait_for(lambda e: started(e) and e["SpyerChannel"].startswith("Local/"), timeout=10,
+                                       since=since)
 
     async def channels(self) -> list[dict[str, Any]]:
         async with self.http.get(f"{ARI_URL}/channels") as response:
@@ -226,9 +230,7 @@ async def test_every_kind_of_listener_is_shown_then_stopped(asterisk_lab: str, p
 
         # ChanSpy on Alice: the spying channel is hung up.
         mark, started = roster_counts(stack), loop.time()
-        since = pbx.ami.mark()
-        await pbx.chanspy(alice.channel_name)
-        spy = await pbx.ami.wait_for(event_is("ChanSpyStart", SpyeeUniqueid=alice.channel_id), timeout=10, since=since)
+        spy = await pbx.chanspy(alice.channel_name, alice.channel_id)
         await shown_everywhere(stack, "chanspy", alice.channel_id, after=mark, timeout=1.0)
         await gone_everywhere(stack, timeout=1.0)
         assert spy["SpyerUniqueid"] not in {c["id"] for c in await pbx.channels()}
@@ -248,9 +250,7 @@ async def test_with_show_the_listeners_go_on_and_stay_on_every_roster(asterisk_l
         await pbx.mixmonitor(alice.channel_name, mixmonitor_file[0])
         await pbx.record_room(room_file[0])
         snoop = await pbx.snoop(bob.channel_id)
-        since = pbx.ami.mark()
-        await pbx.chanspy(bob.channel_name)
-        spy = await pbx.ami.wait_for(event_is("ChanSpyStart", SpyeeUniqueid=bob.channel_id), timeout=10, since=since)
+        spy = await pbx.chanspy(bob.channel_name, bob.channel_id)
         expected = {("mixmonitor", alice.channel_id), ("confbridge-record", "room"), ("snoop", bob.channel_id),
                     ("chanspy", bob.channel_id)}
 
@@ -268,8 +268,8 @@ async def test_with_show_the_listeners_go_on_and_stay_on_every_roster(asterisk_l
         assert {snoop["id"], spy["SpyerUniqueid"]} <= {c["id"] for c in await pbx.channels()}
 
         # Each ends on its own: gone from every roster.
-        await pbx.hangup(spy["SpyerUniqueid"])
         await pbx.hangup(snoop["id"])
+        await pbx.hangup(spy["SpyerUniqueid"])
         await pbx.ami.action({"Action": "StopMixMonitor", "Channel": alice.channel_name})
         await pbx.ami.action({"Action": "ConfbridgeStopRecord", "Conference": ROOM})
         await gone_everywhere(stack, timeout=2.0)
@@ -289,8 +289,7 @@ async def test_listeners_started_while_the_server_is_down_are_found_when_it_come
         await pbx.mixmonitor(first["Channel"], recording_path("down-mixmonitor")[0])
         await pbx.record_room(recording_path("down-confbridge")[0])
         snoop = await pbx.snoop(second["Uniqueid"])
-        await pbx.chanspy(first["Channel"])
-        await pbx.ami.wait_for(event_is("ChanSpyStart", SpyeeUniqueid=first["Uniqueid"]), timeout=10, since=since)
+        await pbx.chanspy(first["Channel"], first["Uniqueid"])
 
         # The server comes up (the insiders' channels are only flagged, so they stay).
         async with stc_stack(pki, ("alice",), unauthenticated="flag", hidden_listeners="show") as stack:
@@ -309,4 +308,6 @@ async def test_listeners_started_while_the_server_is_down_are_found_when_it_come
             roster = latest(client)
             assert roster is not None
             assert {(li.kind, li.hears) for li in roster.listeners} == expected
-            assert json.dumps([li.to_json() for li in roster.listeners])  # what the window gets
+            channels = {li.kind: li.channel for li in roster.listeners}
+            assert channels["snoop"] == snoop["name"] and channels["mixmonitor"] == first["Channel"]
+            assert channels["confbridge-record"].startswith(f"CBRec/{ROOM}-")
