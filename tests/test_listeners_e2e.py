@@ -1,7 +1,8 @@
 """No silent listeners, against the real Asterisk 22: ChanSpy, MixMonitor, `confbridge record`
 and an ARI snoop on a conference of stc participants show on every client's roster, and are
 stopped (policy "stop") or left running and shown (policy "show"). A listener started while
-no stc-server runs is found by the scan when it comes up.
+no stc-server runs is found by the scan when it comes up. The window (headless Chromium) goes
+amber with words, and its call history keeps stopped listeners and channels ejected in ms.
 
 An insider's tools: AMI (Originate, Command) and ARI with an application of its own.
 app_chanspy and app_mixmonitor are not in asterisk-conf/modules.conf: the insider loads them.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -20,6 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 from asterisk_lab import ARI_PASSWORD, ARI_URL, ARI_USER, AmiClient, asterisk_rx, event_is
+from browser import BrowserPage, chromium_page
+from playwright.async_api import Page, expect
 from sipp import UAC_WAIT_BYE, Codec, SippCaller
 from stack import Stack, stc_stack, wait_until
 
@@ -311,3 +315,90 @@ async def test_listeners_started_while_the_server_is_down_are_found_when_it_come
             channels = {li.kind: li.channel for li in roster.listeners}
             assert channels["snoop"] == snoop["name"] and channels["mixmonitor"] == first["Channel"]
             assert channels["confbridge-record"].startswith(f"CBRec/{ROOM}-")
+
+
+# -- the window ----------------------------------------------------------------------------
+
+
+async def open_window(browser: BrowserPage, client: ClientApp) -> Page:
+    assert client.window is not None, "the client was started without its window"
+    await browser.page.goto(client.window.url)
+    await expect(browser.page.locator("#link-status")).to_have_attribute("data-link", "live")
+    return browser.page
+
+
+async def join_with_window(stack: Stack, sipp_callers: Callable[..., SippCaller], ami: AmiClient,
+                           tmp_path: Path) -> ClientApp:
+    """Alice with her window, Bob without, both in the room; the window is green."""
+    alice = await stack.add_client("alice", config_dir=tmp_path)
+    await stack.add_client("bob")
+    await join_all(stack, sipp_callers, ami)
+    return alice
+
+
+async def test_window_goes_amber_with_who_is_heard_and_green_when_it_ends(
+        asterisk_lab: str, pki: TestPki, spy_modules: None, sipp_callers: Callable[..., SippCaller],
+        tmp_path: Path) -> None:
+    async with stc_stack(pki, hidden_listeners="show") as stack, insider() as pbx, chromium_page() as browser:
+        alice = await join_with_window(stack, sipp_callers, pbx.ami, tmp_path)
+        page = await open_window(browser, alice)
+        light = page.locator("#light")
+        await expect(light).to_have_attribute("data-light", "green")
+        bob = person(stack, "Bob")
+
+        await pbx.mixmonitor(bob.channel_name, recording_path("window")[0])
+        await expect(light).to_have_attribute("data-light", "amber")
+        await expect(page.locator("#light-word")).to_have_text("AMBER")
+        await expect(page.locator("#light-label")).to_have_text("In a call that is NOT private")
+        words = "Bob's line is being recorded (MixMonitor): allowed by the server's policy, it goes on"
+        await expect(page.locator("#light-reason")).to_have_text(f"NOT private: {words}.")
+        banner = page.locator('#warnings [role=alert][data-kind="listener"]')
+        await expect(banner).to_contain_text("NOT PRIVATE: someone outside the conference can hear it")
+        await expect(banner).to_contain_text(words)
+        await expect(page.locator("#history li[data-kind=listener]")).to_contain_text(words)
+        png = await browser.screenshot("window-e2e-not-private")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        await pbx.ami.action({"Action": "StopMixMonitor", "Channel": bob.channel_name})
+        await expect(light).to_have_attribute("data-light", "green")
+        await expect(banner).to_have_count(0)
+        await expect(page.locator("#history li[data-kind=listener-gone]")).to_contain_text(
+            "Bob's line is being recorded (MixMonitor): no longer after")
+        assert browser.errors == []
+
+
+async def test_stopped_listeners_and_ejected_channels_stay_in_every_call_history(
+        asterisk_lab: str, pki: TestPki, spy_modules: None, sipp_callers: Callable[..., SippCaller],
+        tmp_path: Path) -> None:
+    async with stc_stack(pki) as stack, insider() as pbx, chromium_page() as browser:
+        alice = await join_with_window(stack, sipp_callers, pbx.ami, tmp_path)
+        page = await open_window(browser, alice)
+        bob = person(stack, "Bob")
+
+        # A ChanSpy on Bob, stopped at once: the light may never even turn amber, the history keeps it.
+        await pbx.chanspy(bob.channel_name, bob.channel_id)
+        spied = "Bob is being listened to from another line (ChanSpy)"
+        history = page.locator("#history li")
+        await expect(page.locator("#history li[data-kind=listener]")).to_contain_text(f"{spied}: stc is stopping it")
+        await expect(page.locator("#history li[data-kind=listener-gone]")).to_contain_text(f"{spied}: no longer after")
+        await expect(page.locator("#light")).to_have_attribute("data-light", "green")
+
+        # A Local channel forced into the room and ejected within milliseconds.
+        since = pbx.ami.mark()
+        await pbx.ami.action({"Action": "Originate", "Channel": "Local/9999@stc-insider", "Application": "ConfBridge",
+                              "Data": f"{ROOM},stc_bridge,stc_user", "CallerID": "Spy <666>", "Async": "true"})
+        forced = await pbx.ami.wait_for(lambda e: e.get("Event") == "ConfbridgeLeave"
+                                        and e.get("Channel", "").startswith("Local/"), timeout=10, since=since)
+        entered = f"UNAUTHENTICATED channel {forced['Channel']} (claims to be \"Spy\" <666>) entered the conference"
+        await expect(page.locator("#history li[data-kind=unauthenticated]")).to_have_text(re.compile(re.escape(entered)))
+        await expect(page.locator("#history li[data-kind=unauthenticated-gone]")).to_contain_text(
+            f"UNAUTHENTICATED channel {forced['Channel']}")
+        await expect(page.locator("#light")).to_have_attribute("data-light", "green")
+        await history.last.scroll_into_view_if_needed()
+        png = await browser.screenshot("window-e2e-call-history")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # Every client's history has both, not only the one with a window.
+        for client in stack.clients.values():
+            kinds = [h["kind"] for h in client.state.snapshot()["history"]]
+            assert {"listener", "listener-gone", "unauthenticated", "unauthenticated-gone"} <= set(kinds), kinds
+        assert browser.errors == []
