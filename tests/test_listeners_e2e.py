@@ -36,6 +36,7 @@ ROOM = "1000"
 INSIDER_APP = "stc-test-insider"
 LAB_ROOT = Path(os.environ.get("STC_LAB_ROOT", "/var/lib/stc-lab/sid"))
 SPY_MODULES = ("app_chanspy.so", "app_mixmonitor.so")
+RECORDINGS = LAB_ROOT / "var/spool/asterisk/recording"
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +49,14 @@ def spy_modules(asterisk_lab: str) -> Iterator[None]:
     """The insider loads what the shipped modules.conf leaves out; unloaded again afterwards."""
     for module in SPY_MODULES:
         asterisk_rx(f"module load {module}")
+    RECORDINGS.mkdir(parents=True, exist_ok=True)  # where ARI records (the lab does not make it)
     asterisk_rx("dialplan add extension 9999,1,Answer() into stc-insider replace")
     asterisk_rx("dialplan add extension 9999,2,Wait(120) into stc-insider replace")
     yield
     asterisk_rx("channel request hangup all")
     for module in SPY_MODULES:
         asterisk_rx(f"module unload {module}")
-    for leftover in (LAB_ROOT / "tmp").glob("stc-listeners-*"):
+    for leftover in [*(LAB_ROOT / "tmp").glob("stc-listeners-*"), *RECORDINGS.glob("stc-listeners-*")]:
         leftover.unlink()
 
 
@@ -81,6 +83,14 @@ class Insider:
             assert response.status == 200, await response.text()
             snoop: dict[str, Any] = await response.json()
         return snoop
+
+    async def record(self, channel_id: str) -> tuple[str, Path]:
+        """An ARI live recording of a channel in the insider's Stasis app (a snoop): its name and file."""
+        name = f"stc-listeners-{uuid.uuid4().hex[:8]}"
+        url = f"{ARI_URL}/channels/{channel_id}/record"
+        async with self.http.post(url, params={"name": name, "format": "wav"}) as response:
+            assert response.status == 201, await response.text()
+        return name, RECORDINGS / f"{name}.wav"
 
     async def chanspy(self, channel_name: str, channel_id: str) -> dict[str, str]:
         """ChanSpy(channel_name) on a Local channel; its ChanSpyStart (a snoop raises one too: not that one)."""
@@ -232,6 +242,9 @@ async def test_every_kind_of_listener_is_shown_then_stopped(asterisk_lab: str, p
         seen = [li for r in stack.clients["alice"].rosters for li in matching(r, "snoop", bob.channel_id)]
         assert seen[0].channel == snoop["name"]
 
+        # (An ARI recording of Bob has to go through such a snoop, as ARI records only channels in
+        # Stasis: with "stop", the snoop is hung up before it can be recorded. With "show", below.)
+
         # ChanSpy on Alice: the spying channel is hung up.
         mark, started = roster_counts(stack), loop.time()
         spy = await pbx.chanspy(alice.channel_name, alice.channel_id)
@@ -254,24 +267,27 @@ async def test_with_show_the_listeners_go_on_and_stay_on_every_roster(asterisk_l
         await pbx.mixmonitor(alice.channel_name, mixmonitor_file[0])
         await pbx.record_room(room_file[0])
         snoop = await pbx.snoop(bob.channel_id)
+        recording, recording_file = await pbx.record(snoop["id"])
         spy = await pbx.chanspy(bob.channel_name, bob.channel_id)
         expected = {("mixmonitor", alice.channel_id), ("confbridge-record", "room"), ("snoop", bob.channel_id),
-                    ("chanspy", bob.channel_id)}
+                    ("chanspy", bob.channel_id), ("recording", bob.channel_id)}
 
         def listed(client: ClientApp) -> set[tuple[str, str]]:
             roster = latest(client)
             return set() if roster is None else {(li.kind, li.hears) for li in roster.listeners}
 
-        await wait_until(lambda: all(listed(c) == expected for c in stack.clients.values()), 2.0, "all four shown")
+        await wait_until(lambda: all(listed(c) == expected for c in stack.clients.values()), 2.0, "all five shown")
         await asyncio.sleep(1.5)  # nothing stops them
         for client in stack.clients.values():
             roster = latest(client)
             assert roster is not None and listed(client) == expected
             assert {li.action for li in roster.listeners} == {"shown"}
-        assert await grows(mixmonitor_file[1]) and await grows(room_file[1])
+        assert await grows(mixmonitor_file[1]) and await grows(room_file[1]) and await grows(recording_file)
         assert {snoop["id"], spy["SpyerUniqueid"]} <= {c["id"] for c in await pbx.channels()}
 
         # Each ends on its own: gone from every roster.
+        async with pbx.http.post(f"{ARI_URL}/recordings/live/{recording}/stop") as response:
+            assert response.status == 204
         await pbx.hangup(snoop["id"])
         await pbx.hangup(spy["SpyerUniqueid"])
         await pbx.ami.action({"Action": "StopMixMonitor", "Channel": alice.channel_name})
