@@ -306,10 +306,11 @@ async def test_listeners_started_while_the_server_is_down_are_found_when_it_come
                                   "Async": "true"})
         joins = await pbx.ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
         first, second = joins
-        await pbx.mixmonitor(first["Channel"], recording_path("down-mixmonitor")[0])
-        await pbx.record_room(recording_path("down-confbridge")[0])
+        mixmonitor_file, room_file = recording_path("down-mixmonitor"), recording_path("down-confbridge")
+        await pbx.mixmonitor(first["Channel"], mixmonitor_file[0])
+        await pbx.record_room(room_file[0])
         snoop = await pbx.snoop(second["Uniqueid"])
-        await pbx.chanspy(first["Channel"], first["Uniqueid"])
+        spy = await pbx.chanspy(first["Channel"], first["Uniqueid"])
 
         # The server comes up (the insiders' channels are only flagged, so they stay).
         async with stc_stack(pki, ("alice",), unauthenticated="flag", hidden_listeners="show") as stack:
@@ -331,6 +332,18 @@ async def test_listeners_started_while_the_server_is_down_are_found_when_it_come
             channels = {li.kind: li.channel for li in roster.listeners}
             assert channels["snoop"] == snoop["name"] and channels["mixmonitor"] == first["Channel"]
             assert channels["confbridge-record"].startswith(f"CBRec/{ROOM}-")
+
+        # A server with the default policy comes up: what its scan finds, it stops.
+        since = pbx.ami.mark()
+        async with stc_stack(pki, unauthenticated="flag") as stack:
+            rooms = stack.server.rooms
+            assert rooms is not None
+            await pbx.ami.wait_for(event_is("MixMonitorStop", Uniqueid=first["Uniqueid"]), timeout=10, since=since)
+            await pbx.ami.wait_for(event_is("ConfbridgeStopRecord", Conference=ROOM), timeout=10, since=since)
+            await wait_until(lambda: rooms.ari.connected and not rooms.conference.hidden_listeners(ROOM), 10,
+                             "every listener stopped")
+            assert {snoop["id"], spy["SpyerUniqueid"]}.isdisjoint(c["id"] for c in await pbx.channels())
+            assert not await grows(mixmonitor_file[1], within=1.0) and not await grows(room_file[1], within=1.0)
 
 
 # -- the window ----------------------------------------------------------------------------
