@@ -54,7 +54,6 @@ class _Listener:
     spec: str | None = None  # ChanSpy's channel prefix found at a reconnect: target not known
     count: int = 1  # MixMonitor instances on one channel
     action: str | None = None  # what the server did; None: not decided yet
-    origin: str = "event"  # "event" or "scan": what a rebuild may replace
 
 
 @dataclass(frozen=True)
@@ -136,9 +135,6 @@ class ListenerTracker:
     def items(self) -> list[tuple[ListenerKey, _Listener]]:
         return sorted(self._listeners.items())
 
-    def get(self, key: ListenerKey) -> _Listener | None:
-        return self._listeners.get(key)
-
     def clear(self) -> None:
         self._listeners.clear()
 
@@ -184,6 +180,7 @@ class ListenerTracker:
                                                      hears_name=name)
                 else:
                     listener.count += 1
+                    listener.action = None  # a new instance: the policy decides again
             elif listener is not None:
                 listener.count -= 1
                 if listener.count <= 0:
@@ -240,11 +237,10 @@ class ListenerTracker:
         key = ("spy", channel_id)
         if key in self._listeners:
             return False
-        origin = "scan" if from_snapshot else "event"
         snoop = _SNOOP_NAME.match(name)
         if snoop is not None:
             self._listeners[key] = _Listener("snoop", name, since, channel_id=channel_id,
-                                             hears=snoop.group("target"), origin=origin)
+                                             hears=snoop.group("target"))
             return True
         dialplan = channel.get("dialplan")
         app = dialplan.get("app_name") if isinstance(dialplan, Mapping) else None
@@ -253,7 +249,7 @@ class ListenerTracker:
             spec = (data if isinstance(data, str) else "").split(",", 1)[0].strip()
             if app.lower() == "extenspy" or spec.lower() == "all":
                 spec = ""  # any channel may be the target
-            self._listeners[key] = _Listener("chanspy", name, since, channel_id=channel_id, spec=spec, origin=origin)
+            self._listeners[key] = _Listener("chanspy", name, since, channel_id=channel_id, spec=spec)
             return True
         return False
 
@@ -301,7 +297,7 @@ class ListenerTracker:
             listener = self._listeners.get(("confbridge-record", room))
             if listener is None:
                 self._listeners[("confbridge-record", room)] = _Listener(
-                    "confbridge-record", channel.name, since, room=room, origin="scan")
+                    "confbridge-record", channel.name, since, room=room)
             else:
                 listener.channel_name = channel.name
         for uniqueid, (name, count) in mixmonitors.items():
@@ -312,7 +308,7 @@ class ListenerTracker:
                 self._listeners[key].count = count
             else:
                 self._listeners[key] = _Listener("mixmonitor", name, since, hears=uniqueid, hears_name=name,
-                                                 count=count, origin="scan")
+                                                 count=count)
         return before != {k: (li.count, li.channel_name) for k, li in self._listeners.items()}
 
 
@@ -359,22 +355,24 @@ def resolve(tracker: ListenerTracker, members: Iterable[tuple[str, str, str]]) -
         rooms={room for room, _, _ in member_list},
     )
     found: list[HiddenListener] = []
+
+    def place(key: ListenerKey, li: _Listener, room: str, hears: str, hears_name: str) -> None:
+        found.append(HiddenListener(key=key, kind=li.kind, room=room, hears=hears, hears_name=hears_name,
+                                    channel_id=li.channel_id, channel_name=li.channel_name, since=li.since,
+                                    action=li.action, count=li.count))
+
     for key, li in tracker.items():
-        common = dict(key=key, kind=li.kind, channel_id=li.channel_id, channel_name=li.channel_name,
-                      since=li.since, action=li.action, count=li.count)
         if li.room is not None:
             if li.room in resolver.rooms:
-                found.append(HiddenListener(room=li.room, hears=HEARS_ROOM, hears_name="", **common))  # type: ignore[arg-type]
+                place(key, li, li.room, HEARS_ROOM, "")
             continue
         if li.spec is not None:
             # A spy found by a scan: it may hear any participant its channel prefix matches.
-            rooms = sorted({room for room, _, name in member_list if name.lower().startswith(li.spec.lower())})
-            for room in rooms:
-                found.append(HiddenListener(room=room, hears=HEARS_ROOM, hears_name="", **common))  # type: ignore[arg-type]
+            for room in sorted({room for room, _, name in member_list if name.lower().startswith(li.spec.lower())}):
+                place(key, li, room, HEARS_ROOM, "")
             continue
         heard = resolver.participant(li.hears, li.hears_name)
         if heard is not None:
             channel_id, room = heard
-            name = next((n for r, c, n in member_list if c == channel_id), "")
-            found.append(HiddenListener(room=room, hears=channel_id, hears_name=name, **common))  # type: ignore[arg-type]
+            place(key, li, room, channel_id, next((n for _, c, n in member_list if c == channel_id), ""))
     return found

@@ -81,8 +81,11 @@ def test_mixmonitor_counts_instances_and_ends_with_the_channel() -> None:
     start = ami("MixMonitorStart", Channel=BOB["name"], Uniqueid=B, CallerIDNum="bob")
     stop = ami("MixMonitorStop", Channel=BOB["name"], Uniqueid=B, CallerIDNum="bob")
     assert state.apply_ami(start, now=NOW) == {"1000"}
-    state.apply_ami(start, now=NOW)
+    [first] = state.hidden_listeners()
+    state.set_listener_action(first.key, "stopped")
+    state.apply_ami(start, now=NOW)  # a second one: the policy must decide about it again
     [mm] = state.hidden_listeners()
+    assert mm.action is None
     assert (mm.kind, mm.hears, mm.channel_name, mm.count, mm.since) == ("mixmonitor", B, BOB["name"], 2, "2026-05-01T10:00:30.000000Z")
     state.apply_ami(stop)
     assert [li.count for li in state.hidden_listeners()] == [1]
