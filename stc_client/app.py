@@ -15,7 +15,7 @@ from stc_wire.srtp import SrtpProfile
 from .config import ClientConfig
 from .media import ClientMedia
 from .softphone import SoftphoneProxy
-from .state import ClientState
+from .state import ClientState, listener_message
 from .tunnel_client import ClientTunnel, TunnelRefused, open_tunnel
 
 if TYPE_CHECKING:
@@ -160,4 +160,7 @@ def describe_roster(roster: Roster) -> str:
             lines.append(f"  - {ident.get('display_name')} <{', '.join(ident.get('sip_uris') or ident.get('emails') or [])}> "
                          f"issuer {ident.get('issuer')}, SHA-256 {str(ident.get('fingerprint_sha256', ''))[:16]}..."
                          f"{' (talking)' if entry.talking else ''}")
+    heard = {e.channel_id: e for e in roster.entries}
+    for listener in roster.listeners:
+        lines.append(f"  !! NOT PRIVATE: {listener_message(listener, heard.get(listener.hears))} [{listener.channel}]")
     return "\n".join(lines)
