@@ -112,3 +112,11 @@ def test_the_time_an_unauthenticated_channel_stayed_comes_from_its_join_time() -
     state.set_roster(roster(2, 2006, A))
     assert state.snapshot()["history"][-1]["message"] == \
         "UNAUTHENTICATED channel Local/9999@x-1;1 (no caller id) is gone after 6 ms"
+
+
+def test_the_client_log_names_every_listener() -> None:
+    from stc_client.app import describe_roster
+
+    text = describe_roster(roster(1, 0, A, B, listeners=(listener("snoop", "c2", "stopped", "Snoop/c2-00000001"),)))
+    assert ("!! NOT PRIVATE: Bob is being listened to through the PBX's programming interface (ARI snoop): "
+            "stopped by stc [Snoop/c2-00000001]") in text
