@@ -11,6 +11,7 @@ app_chanspy and app_mixmonitor are not in asterisk-conf/modules.conf: the inside
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import uuid
@@ -66,6 +67,13 @@ class Insider:
     def __init__(self, ami: AmiClient, http: aiohttp.ClientSession) -> None:
         self.ami = ami
         self.http = http
+        self.in_stasis: set[str] = set()  # channels that reached the insider's ARI application
+
+    async def follow(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for message in ws:
+            event = json.loads(message.data)
+            if event.get("type") == "StasisStart":
+                self.in_stasis.add(event["channel"]["id"])
 
     async def cli(self, command: str) -> str:
         [reply] = await self.ami.action({"Action": "Command", "Command": command})
@@ -82,6 +90,12 @@ class Insider:
         async with self.http.post(url, params={"spy": "both", "app": INSIDER_APP}) as response:
             assert response.status == 200, await response.text()
             snoop: dict[str, Any] = await response.json()
+        return snoop
+
+    async def snoop_in_stasis(self, channel_id: str) -> dict[str, Any]:
+        """A snoop that ARI can record: in the insider's application (StasisStart seen)."""
+        snoop = await self.snoop(channel_id)
+        await wait_until(lambda: snoop["id"] in self.in_stasis, 5, "the snoop in the insider's application")
         return snoop
 
     async def record(self, channel_id: str) -> tuple[str, Path]:
@@ -117,17 +131,13 @@ async def insider() -> AsyncIterator[Insider]:
     async with AmiClient() as ami, aiohttp.ClientSession(headers={"Authorization": auth}) as http:
         # The insider's own ARI application, so its snoop channels have a Stasis app to land in.
         ws = await http.ws_connect(f"{ARI_URL}/events", params={"app": INSIDER_APP})
-        drain = asyncio.create_task(_drain(ws))
+        pbx = Insider(ami, http)
+        follow = asyncio.create_task(pbx.follow(ws))
         try:
-            yield Insider(ami, http)
+            yield pbx
         finally:
-            drain.cancel()
+            follow.cancel()
             await ws.close()
-
-
-async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
-    async for _ in ws:
-        pass
 
 
 def recording_path(tag: str) -> tuple[Path, Path]:
@@ -266,7 +276,7 @@ async def test_with_show_the_listeners_go_on_and_stay_on_every_roster(asterisk_l
         room_file = recording_path("show-confbridge")
         await pbx.mixmonitor(alice.channel_name, mixmonitor_file[0])
         await pbx.record_room(room_file[0])
-        snoop = await pbx.snoop(bob.channel_id)
+        snoop = await pbx.snoop_in_stasis(bob.channel_id)
         recording, recording_file = await pbx.record(snoop["id"])
         spy = await pbx.chanspy(bob.channel_name, bob.channel_id)
         expected = {("mixmonitor", alice.channel_id), ("confbridge-record", "room"), ("snoop", bob.channel_id),
