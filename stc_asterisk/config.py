@@ -124,10 +124,23 @@ class RoomSettings:
 
     unauthenticated: str = "eject"
     policy: dict[str, Any] = field(default_factory=dict)
+    # Something that hears a room without being in it (ChanSpy, MixMonitor, the ConfBridge
+    # recorder, an ARI snoop or recording): "stop" it (spy channels hung up, recordings stopped)
+    # or only "show" it on every roster (deployments that must record). Either way it is listed.
+    hidden_listeners: str = "stop"
+    # Per-room exceptions to `hidden_listeners`, e.g. {"1042" = "show"}.
+    hidden_listeners_per_room: dict[str, str] = field(default_factory=dict)
+
+    def hidden_listener_policy(self, room: str) -> str:
+        return self.hidden_listeners_per_room.get(room, self.hidden_listeners)
 
     def validate(self) -> None:
         if self.unauthenticated not in ("eject", "flag"):
             raise ValueError(f"unauthenticated: {self.unauthenticated!r} must be 'eject' or 'flag'")
+        for name, value in [("hidden_listeners", self.hidden_listeners),
+                            *((f"hidden_listeners_per_room.{r}", v) for r, v in self.hidden_listeners_per_room.items())]:
+            if value not in ("stop", "show"):
+                raise ValueError(f"{name}: {value!r} must be 'stop' or 'show'")
         from .fastagi import RoomPolicy
 
         try:

@@ -18,7 +18,7 @@ from stc_wire.srtp import SrtpProfile
 from .config import ClientConfig
 from .media import ClientMedia
 from .softphone import ClientCall, SoftphoneProxy
-from .state import ClientState
+from .state import ClientState, listener_message
 from .tunnel_client import ClientTunnel, TunnelRefused, open_tunnel
 from .window_secret import load_or_create_secret
 
@@ -203,4 +203,7 @@ def describe_roster(roster: Roster) -> str:
             lines.append(f"  - {ident.get('display_name')} <{', '.join(ident.get('sip_uris') or ident.get('emails') or [])}> "
                          f"issuer {ident.get('issuer')}, SHA-256 {str(ident.get('fingerprint_sha256', ''))[:16]}..."
                          f"{' (talking)' if entry.talking else ''}")
+    heard = {e.channel_id: e for e in roster.entries}
+    for listener in roster.listeners:
+        lines.append(f"  !! NOT PRIVATE: {listener_message(listener, heard.get(listener.hears))} [{listener.channel}]")
     return "\n".join(lines)

@@ -109,6 +109,10 @@ def render_status(s: dict[str, Any]) -> str:
                 table.append([f"UNAUTHENTICATED {r.get('channel_name', '')}", claim, "-", "-", "-",
                               "yes" if r.get("talking") else "no", _clock(r.get("joined_at"))])
         lines.extend(_table(table))
+    history = s.get("history") or []
+    if history:
+        lines.append("History of this call:")
+        lines.extend(f"  {_clock(h.get('at'))}  {h.get('message', '')}" for h in history)
     return "\n".join(lines) + "\n"
 
 

@@ -41,8 +41,10 @@ from tests.certs import TestPki
 WAN_HOST = "127.0.0.2"
 
 
-def server_config(pki: TestPki, *, listen_port: int = 0, unauthenticated: str = "eject", **media: object) -> ServerConfig:
-    """`listen_port` 0: any free port; `unauthenticated`: the rooms' policy ("eject" or "flag")."""
+def server_config(pki: TestPki, *, listen_port: int = 0, unauthenticated: str = "eject", hidden_listeners: str = "stop",
+                  **media: object) -> ServerConfig:
+    """`listen_port` 0: any free port; `unauthenticated` ("eject" or "flag") and `hidden_listeners`
+    ("stop" or "show"): the rooms' policies."""
     return ServerConfig(
         tunnel=TunnelSettings(listen_host=WAN_HOST, listen_port=listen_port, cert=pki.server.cert, key=pki.server.key,
                               ca_bundle=pki.ca, crl=pki.crl, keepalive_interval=2, keepalive_timeout=6),
@@ -51,7 +53,7 @@ def server_config(pki: TestPki, *, listen_port: int = 0, unauthenticated: str = 
                                   ami_secret=lab_secret("ami-secret"),
                                   fastagi_port=FASTAGI_PORT if asterisk_lab.lab_started_here() else 0),
         media=replace(MediaSettings(wan_host=WAN_HOST, pbx_host="127.0.0.1"), **media),  # type: ignore[arg-type]
-        rooms=RoomSettings(unauthenticated=unauthenticated),
+        rooms=RoomSettings(unauthenticated=unauthenticated, hidden_listeners=hidden_listeners),
     )
 
 
@@ -130,9 +132,10 @@ class Stack:
 
 @asynccontextmanager
 async def stc_stack(pki: TestPki, users: tuple[str, ...] = (), *, listen_port: int = 0, unauthenticated: str = "eject",
-                    **media: object) -> AsyncIterator[Stack]:
+                    hidden_listeners: str = "stop", **media: object) -> AsyncIterator[Stack]:
     """A started server (see server_config for the options) and a client per user, all closed on exit."""
-    server = ServerApp(server_config(pki, listen_port=listen_port, unauthenticated=unauthenticated, **media))
+    server = ServerApp(server_config(pki, listen_port=listen_port, unauthenticated=unauthenticated,
+                                     hidden_listeners=hidden_listeners, **media))
     await server.start()
     stack = Stack(pki, server)
     try:

@@ -550,7 +550,7 @@ async def test_status_command_reads_the_running_window(window: Window, tmp_path:
     code = await asyncio.to_thread(status_main, config, False, out=out, err=err)
     assert code == 0 and err.getvalue() == ""
     assert out.getvalue() == render_status(window.state.snapshot())
-    assert "GREEN - In a secure call" in out.getvalue() and "UNAUTHENTICATED PJSIP/x" in out.getvalue()
+    assert "AMBER - In a call that is NOT private" in out.getvalue() and "UNAUTHENTICATED PJSIP/x" in out.getvalue()
 
     out = io.StringIO()
     assert await asyncio.to_thread(status_main, config, True, out=out, err=err) == 0
