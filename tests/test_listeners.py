@@ -247,11 +247,13 @@ def test_failed_action_carries_the_reason() -> None:
 
 def test_hidden_listener_policy_setting(tmp_path: Path) -> None:
     path = tmp_path / "stc.toml"
-    path.write_text('[rooms]\nhidden_listeners = "show"\n[rooms.hidden_listeners_per_room]\n"1001" = "stop"\n')
+    secrets = '[asterisk]\nari_password = "a"\nami_secret = "b"\n'  # stc-server has no built-in ones
+    path.write_text(secrets + '[rooms]\nhidden_listeners = "show"\n[rooms.hidden_listeners_per_room]\n"1001" = "stop"\n')
     config = load_config(ServerConfig, path)
     assert config.rooms.hidden_listener_policy("1000") == "show"
     assert config.rooms.hidden_listener_policy("1001") == "stop"
-    assert load_config(ServerConfig, None).rooms.hidden_listener_policy("1000") == "stop"
-    path.write_text('[rooms]\nhidden_listeners = "ignore"\n')
+    path.write_text(secrets)
+    assert load_config(ServerConfig, path).rooms.hidden_listener_policy("1000") == "stop"
+    path.write_text(secrets + '[rooms]\nhidden_listeners = "ignore"\n')
     with pytest.raises(ConfigError, match="hidden_listeners"):
         load_config(ServerConfig, path)

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from asterisk_lab import ARI_PASSWORD, ARI_URL, ARI_USER, AmiClient, asterisk_rx, event_is
+from asterisk_lab import ARI_URL, ARI_USER, AmiClient, asterisk_rx, event_is, lab_secret
 from browser import BrowserPage, chromium_page
 from playwright.async_api import Page, expect
 from sipp import UAC_WAIT_BYE, Codec, SippCaller
@@ -127,7 +127,7 @@ class Insider:
 
 @asynccontextmanager
 async def insider() -> AsyncIterator[Insider]:
-    auth = aiohttp.encode_basic_auth(ARI_USER, ARI_PASSWORD)
+    auth = aiohttp.encode_basic_auth(ARI_USER, lab_secret("ari-password"))
     async with AmiClient() as ami, aiohttp.ClientSession(headers={"Authorization": auth}) as http:
         # The insider's own ARI application, so its snoop channels have a Stasis app to land in.
         ws = await http.ws_connect(f"{ARI_URL}/events", params={"app": INSIDER_APP})
