@@ -15,6 +15,13 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 
+# A real softphone beside SIPp (tests/test_baresip_e2e.py): Debian's baresip, headless.
+if ! command -v baresip >/dev/null; then
+    printf '== %s\n' "installing baresip-core for the softphone tests" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends baresip-core >/dev/null
+fi
+
 printf '== %s\n' "static checks (ruff, mypy)" >&2
 .venv/bin/ruff check --quiet stc_wire stc_asterisk stc_client stc_pki tests bench
 .venv/bin/mypy --no-error-summary
