@@ -19,6 +19,9 @@ class TunnelSettings:
     key: Path = Path("pki/server.key")
     ca_bundle: Path = Path("pki/ca.pem")
     crl: Path = Path("pki/crl.pem")
+    # The certificates of the deployment's other stc-servers: admission bindings (X-STC-Token,
+    # STC_BINDING) signed by any of them, or by `cert`, are accepted.
+    trusted_servers: tuple[Path, ...] = ()
     # A client that has not finished TLS and HELLO within these is dropped.
     handshake_timeout: float = 10.0
     hello_timeout: float = 10.0

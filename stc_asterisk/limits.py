@@ -117,6 +117,11 @@ class TokenBook(Generic[V]):
         self._unused[token] = self._clock() + self.ttl
         return token
 
+    def token_for(self, key: str) -> str | None:
+        """The live token `key` holds, if any."""
+        self.expire()
+        return self._by_key.get(key)
+
     def use(self, token: str) -> V | None:
         """The grant of a live token (it no longer expires), or None."""
         self.expire()

@@ -5,7 +5,14 @@ Ties together: the per-call tokens the SIP relay puts on INVITEs, the FastAGI
 identity, ARI (membership, rebuilt on every reconnect) and AMI (talking,
 kick), and the signed roster pushed through the tunnel to every participant
 of a room on every change. A channel in a conference without an stc identity
-is listed as UNAUTHENTICATED and, by policy, ejected. Anything else that hears a
+is listed as UNAUTHENTICATED and, by policy, ejected.
+
+Tokens are signed bindings (stc_wire.binding), and stc-admit stores each channel's binding
+on the channel (STC_BINDING). A channel in a room that this process did not admit (after a
+restart, or admitted by another server of the deployment) is looked up through ARI: its
+STC_BINDING must verify for its uniqueid, its SIP Call-ID and its room, or it is
+UNAUTHENTICATED. Rosters wait for those look-ups, so no one is shown UNAUTHENTICATED for the
+time an ARI request takes. Anything else that hears a
 room (ChanSpy, MixMonitor, the ConfBridge recorder, ARI snoops and recordings) is
 listed on the roster too and, by the room's `hidden_listeners` policy, stopped.
 """
@@ -13,9 +20,9 @@ listed on the roster too and, by the room's `hidden_listeners` policy, stopped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
 from stc_wire import messages as wire
+from stc_wire.binding import Binding, BindingRejected, BindingSigner, BindingVerifier
 from stc_wire.identity import PeerIdentity
 from stc_wire.roster import RosterSigner, RosterVersions, iso_utc
 
@@ -32,7 +40,7 @@ from .ami import AmiClient
 from .ari import AriClient
 from .conference import ConferenceState
 from .listeners import HiddenListener, concise_channels, mixmonitor_list_count
-from .fastagi import Admission, FastAgiServer, RoomPolicy, make_admission_handler
+from .fastagi import BINDING_VARIABLE, Admission, FastAgiServer, Refusal, RoomPolicy, TokenRefused, make_admission_handler
 from .fastagi.protocol import AgiRequest
 from .limits import TokenBook
 from .supervise import log_failure, supervise
@@ -59,8 +67,15 @@ class RoomService:
         self.conference = ConferenceState()
         self.versions = RosterVersions()
         key_pem = config.tunnel.key.read_bytes()
-        self.signer = RosterSigner(load_pem_private_key(key_pem, password=None))  # type: ignore[arg-type]
+        key = load_pem_private_key(key_pem, password=None)
+        self.signer = RosterSigner(key)  # type: ignore[arg-type]
         cert = x509.load_pem_x509_certificate(config.tunnel.cert.read_bytes())
+        self.binding_signer = BindingSigner(key, cert)  # type: ignore[arg-type]
+        self.binding_verifier = BindingVerifier(
+            [cert, *(x509.load_pem_x509_certificate(path.read_bytes()) for path in config.tunnel.trusted_servers)])
+        # Channels whose STC_BINDING is being read through ARI, and those whose binding was refused.
+        self._binding_checks: dict[str, asyncio.Task[set[str]]] = {}
+        self._refused_bindings: set[str] = set()
         self.server_id = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
         self.policy = RoomPolicy.from_mapping(config.rooms.policy)
         self.tokens: TokenBook[TokenGrant] = TokenBook(config.limits.token_ttl)
@@ -100,18 +115,34 @@ class RoomService:
 
     # -- tokens (the SIP relay's side) -------------------------------------------
     def issue(self, peer: TunnelPeer, call_id: str, room: str) -> str:
-        # A retransmitted INVITE gets the token its call already has; an unused one expires.
-        return self.tokens.issue(f"{peer.id}/{call_id}", secrets.token_urlsafe(24),
-                                 TokenGrant(peer.id, peer.identity, call_id, room))
+        """The X-STC-Token for this call: a signed binding; "" if none can be made (admission refuses)."""
+        key = f"{peer.id}/{call_id}"
+        held = self.tokens.token_for(key)
+        if held is not None:  # a retransmitted INVITE gets the token its call already has
+            return held
+        binding = Binding.new(peer.identity, room, call_id, now=time.time(), ttl=self.app.config.limits.token_ttl)
+        try:
+            token = self.binding_signer.sign(binding)
+        except BindingRejected as exc:
+            log.error("[%s] no admission token for call %s: %s", peer.id, call_id, exc)
+            return ""
+        # Kept in memory only so that a retransmission gets the same token; an unused one expires.
+        return self.tokens.issue(key, token, TokenGrant(peer.id, peer.identity, call_id, room))
 
     def release(self, token: str) -> None:
         self.tokens.release(token)
 
     def lookup_token(self, token: str) -> Admission | None:
-        grant = self.tokens.use(token)
-        if grant is None:
-            return None
-        return Admission(grant.identity, f"{grant.peer_id}/{grant.call_id}")
+        """What a token vouches for, by its signature alone: any server of the deployment may have issued it."""
+        try:
+            binding = self.binding_verifier.verify_token(token, now=time.time())
+        except BindingRejected as exc:
+            raise TokenRefused(Refusal.TOKEN_EXPIRED if exc.reason == "expired" else Refusal.TOKEN_FORGED,
+                               exc.message) from None
+        grant = self.tokens.use(token)  # ours: it no longer expires in memory
+        call_ref = f"{grant.peer_id}/{grant.call_id}" if grant else f"Call-ID {binding.call_id}"
+        return Admission(binding.identity, call_ref, call_id=binding.call_id, room=binding.room,
+                         seal=lambda channel: self.binding_signer.sign(binding.for_channel(channel)))
 
     def on_admit(self, request: AgiRequest, identity: Any, room: str) -> None:
         # The channel is not in the bridge yet (the AGI runs before ConfBridge): the roster goes
@@ -124,6 +155,8 @@ class RoomService:
         bridges = await self.ari.get_bridges()
         channels = await self.ari.get_channels()
         changed = self.conference.rebuild(bridges, channels, binding_mark=mark)
+        self._refused_bindings.clear()  # read every unbound channel's STC_BINDING again
+        changed |= await self._check_bindings()
         log.info("conference state rebuilt from ARI: rooms %s", ", ".join(self.conference.rooms()) or "none")
         if self.ami.up:
             changed |= await self._scan_listeners()
@@ -158,7 +191,65 @@ class RoomService:
         self._changed(self.conference.set_unknown())
 
     def _ari_event(self, event: dict[str, Any]) -> None:
-        self._changed(self.conference.apply_ari(event))
+        changed = self.conference.apply_ari(event)
+        self._start_binding_checks()
+        self._changed(changed)
+
+    # -- bindings read back from the channels -----------------------------------------
+    def _start_binding_checks(self) -> None:
+        """Start an ARI look-up of STC_BINDING for every member this process knows no binding of."""
+        unbound = {c.channel_id: c.room for c in self.conference.unauthenticated()}
+        self._refused_bindings &= set(unbound)  # forget channels gone or bound since
+        for channel_id, room in unbound.items():
+            if channel_id in self._binding_checks or channel_id in self._refused_bindings:
+                continue
+            task = asyncio.get_running_loop().create_task(self._check_binding(channel_id, room))
+            self._binding_checks[channel_id] = task
+            task.add_done_callback(functools.partial(self._binding_checked, channel_id))
+
+    def _binding_checked(self, channel_id: str, task: "asyncio.Task[set[str]]") -> None:
+        if self._binding_checks.get(channel_id) is task:
+            del self._binding_checks[channel_id]
+        if not task.cancelled() and task.exception() is None:
+            self._changed(task.result())
+
+    async def _check_bindings(self) -> set[str]:
+        """Look up every unbound member's binding now; the rooms whose view changed."""
+        self._start_binding_checks()
+        changed: set[str] = set()
+        for result in await asyncio.gather(*self._binding_checks.values(), return_exceptions=True):
+            if isinstance(result, set):
+                changed |= result
+        return changed
+
+    async def _check_binding(self, channel_id: str, room: str) -> set[str]:
+        """Bind `channel_id` if its STC_BINDING verifies for this channel, its SIP Call-ID and `room`."""
+        try:
+            value = await self.ari.get_channel_variable(channel_id, BINDING_VARIABLE)
+        except Exception as exc:  # fail closed: unbound, so ejected by default
+            log.warning("channel %s: its STC_BINDING could not be read: %s", channel_id, exc)
+            return set()
+        call_id: str | None = None
+        if value:
+            try:
+                call_id = await self.ari.get_channel_variable(channel_id, "CHANNEL(pjsip,call-id)")
+            except Exception as exc:  # not a PJSIP channel: no Call-ID, so no binding holds
+                log.debug("channel %s has no SIP Call-ID: %s", channel_id, exc)
+        if not value:
+            log.info("channel %s in room %s carries no STC_BINDING", channel_id, room)
+            self._refused_bindings.add(channel_id)
+            return set()
+        try:
+            binding = self.binding_verifier.verify_channel(value, channel=channel_id, call_id=call_id or "", room=room)
+        except BindingRejected as exc:
+            log.warning("channel %s in room %s: STC_BINDING refused (%s): UNAUTHENTICATED", channel_id, room, exc)
+            self._refused_bindings.add(channel_id)
+            return set()
+        if channel_id not in {c for c, _ in self.conference.participant_channels()}:
+            return set()  # left while we asked
+        log.info("channel %s in room %s: binding of %s (%s) verified", channel_id, room,
+                 binding.identity.subject, binding.identity.fingerprint_sha256)
+        return self.conference.bind(channel_id, binding.identity)
 
     def _ami_event(self, event: dict[str, Any]) -> None:
         self._changed(self.conference.apply_ami(event))
@@ -173,6 +264,8 @@ class RoomService:
         task.add_done_callback(log_failure(log, f"roster push for {', '.join(sorted(rooms))}"))
 
     async def _push(self, rooms: set[str]) -> None:
+        # A member admitted elsewhere is not UNAUTHENTICATED: wait for its binding before telling anyone.
+        await asyncio.gather(*self._binding_checks.values(), return_exceptions=True)
         async with self._push_lock:  # versions go out in order; pushing only queues, never waits on a peer
             for room in sorted(rooms):
                 self._police_listeners(room)
@@ -200,7 +293,7 @@ class RoomService:
         # Forget channels already gone, so the set holds only ejections still under way.
         self._ejecting &= {c.channel_id for c in self.conference.unauthenticated()}
         for channel in self.conference.unauthenticated(room):
-            if channel.channel_id in self._ejecting:
+            if channel.channel_id in self._ejecting or channel.channel_id in self._binding_checks:
                 continue
             self._ejecting.add(channel.channel_id)
             log.warning("UNAUTHENTICATED channel %s (%s) in room %s: ejecting", channel.channel_name,

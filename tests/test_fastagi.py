@@ -25,6 +25,7 @@ from stc_asterisk.fastagi import (
     AgiUsageError,
     FastAgiServer,
     RoomPolicy,
+    TokenRefused,
     make_admission_handler,
     parse_reply,
     quote_arg,
@@ -354,7 +355,7 @@ GOOD = {"X-STC-Token": "tok-1"}
         ({}, None, {}, "token-missing"),
         ({"X-STC-Token": "tok-unknown"}, None, {}, "token-unknown"),
         ({"X-STC-Token": "bad token;x"}, None, {}, "token-malformed"),
-        ({"X-STC-Token": "x" * 300}, None, {}, "token-malformed"),
+        ({"X-STC-Token": "x" * 2000}, None, {}, "token-malformed"),
         (GOOD, {"1000": [{"o": "Other Org"}]}, {}, "policy-refused"),
         (GOOD, {"*": []}, {}, "policy-refused"),
         (GOOD, None, {"extension": ""}, "no-room"),
@@ -392,6 +393,49 @@ async def test_a_token_admits_one_channel_only() -> None:
     assert again.variables["STC_ADMITTED"] == "1"  # the same channel re-running the script
     assert other.hung_up and other.variables["STC_REFUSED"] == "token-reused"
     assert [req.uniqueid for req, _, _ in setup.admitted] == ["1.1", "1.1"]
+
+
+def bound(call_id: str = "c-1@10.0.0.7", room: str = "1000") -> Admission:
+    """What a signed binding vouches for (as RoomService.lookup_token answers)."""
+    return Admission(identity(), "c-1", call_id=call_id, room=room, seal=lambda channel: f"sealed.{channel}")
+
+
+async def test_a_binding_admits_its_own_call_and_is_stored_on_the_channel() -> None:
+    setup = Setup({"tok-1": bound()}, [])
+    async with admission_server(setup) as server:
+        channel = await fake_asterisk(server.port, FakeChannel({"X-STC-Token": "tok-1", "Call-ID": "c-1@10.0.0.7"}),
+                                      header_bytes())
+    assert ["GET", "FULL", "VARIABLE", "${PJSIP_HEADER(read,Call-ID)}"] in channel.commands
+    assert channel.variables["STC_BINDING"] == "sealed.1714557600.1"  # sealed to this channel's uniqueid
+    assert channel.variables["STC_ADMITTED"] == "1" and channel.variables["STC_FINGERPRINT"] == "ab" * 32
+    assert [name for name, *_ in (c[2:] for c in channel.commands if c[:2] == ["SET", "VARIABLE"])][-2:] == [
+        "STC_BINDING", "STC_ADMITTED"]
+
+
+@pytest.mark.parametrize("call_id, agi_room, reason", [
+    ("other@10.0.0.7", "1000", "token-wrong-call"),  # a token lifted from another INVITE
+    ("", "1000", "token-wrong-call"),
+    ("c-1@10.0.0.7", "2000", "token-wrong-room"),
+])
+async def test_a_binding_for_another_call_or_room_is_refused(call_id: str, agi_room: str, reason: str) -> None:
+    setup = Setup({"tok-1": bound()}, [])
+    headers = {"X-STC-Token": "tok-1"} | ({"Call-ID": call_id} if call_id else {})
+    async with admission_server(setup) as server:
+        channel = await fake_asterisk(server.port, FakeChannel(headers), header_bytes(arg_1=agi_room))
+    assert channel.hung_up and channel.variables["STC_REFUSED"] == reason
+    assert "STC_BINDING" not in channel.variables and setup.admitted == []
+
+
+@pytest.mark.parametrize("reason", ["token-forged", "token-expired"])
+async def test_a_refused_binding_hangs_up_with_its_reason(reason: str) -> None:
+    def lookup(token: str) -> Admission | None:
+        raise TokenRefused(reason, "as the verifier said")
+
+    handler = make_admission_handler(lookup, RoomPolicy(), lambda *_: None)
+    async with FastAgiServer("127.0.0.1", 0, {"stc-admit": handler}) as server:
+        channel = await fake_asterisk(server.port, FakeChannel({"X-STC-Token": "tok-1"}), header_bytes())
+    assert channel.hung_up and channel.variables["STC_REFUSED"] == reason
+    assert handler.counters.refused[reason] == 1
 
 
 async def test_unknown_script_is_hung_up() -> None:

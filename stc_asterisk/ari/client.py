@@ -144,6 +144,21 @@ class AriClient:
         """`GET /ari/channels`."""
         return await self._get_list("/ari/channels")
 
+    async def get_channel_variable(self, channel_id: str, variable: str) -> str | None:
+        """`GET /ari/channels/{id}/variable?variable=...` (a variable or a function such as
+        `CHANNEL(pjsip,call-id)`); None if the channel or the variable does not exist."""
+        if not channel_id or "/" in channel_id:
+            raise ValueError(f"bad channel id {channel_id!r}")
+        url = self._url(f"/ari/channels/{channel_id}/variable").with_query(variable=variable)
+        async with self._http().get(url) as response:
+            if response.status == 404:
+                return None
+            body = await self._json(response, f"variable {variable} of {channel_id}")
+        value = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(value, str):
+            raise AriError(f"variable {variable} of {channel_id}: no string value in the answer")
+        return value
+
     async def hangup_channel(self, channel_id: str, reason: str = "normal") -> bool:
         """`DELETE /ari/channels/{id}?reason=...`; False if the channel no longer exists."""
         if not channel_id or "/" in channel_id:

@@ -1,6 +1,16 @@
 """FastAGI: the wire format (protocol), an asyncio server (server), the stc-admit script (admission)."""
 
-from .admission import Admission, AdmissionHandler, PolicyRule, Refusal, RoomPolicy, make_admission_handler, room_of
+from .admission import (
+    BINDING_VARIABLE,
+    Admission,
+    AdmissionHandler,
+    PolicyRule,
+    Refusal,
+    RoomPolicy,
+    TokenRefused,
+    make_admission_handler,
+    room_of,
+)
 from .protocol import (
     AgiCommandError,
     AgiDeadChannel,
@@ -21,6 +31,7 @@ from .protocol import (
 from .server import AgiConnectionClosed, AgiHandler, AgiServerCounters, AgiSession, FastAgiServer
 
 __all__ = [
+    "BINDING_VARIABLE",
     "Admission",
     "AdmissionHandler",
     "AgiCommandError",
@@ -43,6 +54,7 @@ __all__ = [
     "PolicyRule",
     "Refusal",
     "RoomPolicy",
+    "TokenRefused",
     "make_admission_handler",
     "parse_reply",
     "quote_arg",

@@ -2,10 +2,15 @@
 
 stc-server marks each INVITE it relays with a per-call token in `X-STC-Token`
 (and strips that header from clients). The dialplan runs this script before
-`ConfBridge(room)`. It reads the token from the INVITE, asks the server whose
-tunnel it belongs to, checks the room policy, reports the binding, and marks
-the channel (CALLERID(name), STC_IDENTITY, STC_FINGERPRINT, STC_ADMITTED=1).
-Anything else hangs the channel up before it reaches the conference.
+`ConfBridge(room)`. It reads the token from the INVITE and asks the server what
+it vouches for: the token is a signed binding (stc_wire.binding) that any server
+of the deployment can verify, naming the certificate, the room and the SIP Call-ID.
+The script checks that the channel's Call-ID and room are the ones named, checks
+the room policy, reports the binding, and marks the channel (CALLERID(name),
+STC_IDENTITY, STC_FINGERPRINT, STC_BINDING: the binding sealed to this channel's
+uniqueid, STC_ADMITTED=1). Anything else hangs the channel up before it reaches
+the conference. A token admits one channel: remembered in memory (a second line;
+after a restart the Call-ID check and the expiry still bound a replay).
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from .server import AgiSession
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-STC-Token"
-_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{1,256}")
+# A signed binding is base64url; at most stc_wire.binding.MAX_BINDING_CHARS.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{1,1900}")
+BINDING_VARIABLE = "STC_BINDING"
+_CALL_ID_EXPRESSION = "${PJSIP_HEADER(read,Call-ID)}"
 _MAX_ROOM_LEN = 80
 
 
@@ -44,6 +52,18 @@ class Admission:
 
     identity: Any  # a PeerIdentity (IdentityLike plus organization, org_unit, sip_uris, emails)
     call_ref: str = ""  # the server's name for the call, for logs only
+    call_id: str | None = None  # the SIP Call-ID the token names: the channel's must be the same
+    room: str | None = None  # the room the token names: the dialplan's must be the same
+    seal: Callable[[str], str] | None = None  # channel uniqueid -> the STC_BINDING value to store
+
+
+class TokenRefused(Exception):
+    """lookup_token's answer for a token it refuses with a precise reason (one of Refusal's)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class Refusal:
@@ -55,6 +75,10 @@ class Refusal:
     TOKEN_MALFORMED = "token-malformed"
     TOKEN_UNKNOWN = "token-unknown"
     TOKEN_REUSED = "token-reused"
+    TOKEN_FORGED = "token-forged"  # the signature does not verify, or no trusted server signed it
+    TOKEN_EXPIRED = "token-expired"
+    WRONG_CALL = "token-wrong-call"  # issued for another SIP Call-ID
+    WRONG_ROOM = "token-wrong-room"  # issued for another room
     POLICY = "policy-refused"
     INTERNAL = "internal-error"
 
@@ -231,11 +255,25 @@ class AdmissionHandler:
             await self._refuse(session, Refusal.TOKEN_MALFORMED, f"room {room}: malformed token ({len(token)} chars)")
             return
         tag = _token_tag(token)
-        admission = self._lookup_token(token)
+        try:
+            admission = self._lookup_token(token)
+        except TokenRefused as exc:
+            await self._refuse(session, exc.reason, f"room {room}: token {tag}: {exc.detail}")
+            return
         if admission is None:
             await self._refuse(session, Refusal.TOKEN_UNKNOWN, f"room {room}: unknown token {tag}")
             return
         identity = admission.identity
+        if admission.room is not None and admission.room != room:
+            await self._refuse(session, Refusal.WRONG_ROOM, f"room {room}: token {tag} was issued for another room")
+            return
+        if admission.call_id is not None:
+            # Bind the token to this SIP dialog: a token lifted from one INVITE admits no other call.
+            call_id = await session.get_full_variable(_CALL_ID_EXPRESSION)
+            if call_id != admission.call_id:
+                await self._refuse(session, Refusal.WRONG_CALL,
+                                   f"room {room}: token {tag} was issued for another SIP Call-ID")
+                return
         bound_to = self._bound.get(tag)
         if bound_to is not None and bound_to != request.uniqueid:
             await self._refuse(
@@ -247,6 +285,7 @@ class AdmissionHandler:
             await self._refuse(session, Refusal.POLICY, f"room {room}: {identity.subject} is not allowed in by policy")
             return
         try:
+            sealed = admission.seal(request.uniqueid) if admission.seal is not None else None
             self._on_admit(request, identity, room)
         except Exception:
             session.log.exception("on_admit failed for %s", identity.subject)
@@ -255,6 +294,8 @@ class AdmissionHandler:
         await session.set_variable("CALLERID(name)", _one_line(identity.display_name or identity.subject))
         await session.set_variable("STC_IDENTITY", _one_line(identity.subject))
         await session.set_variable("STC_FINGERPRINT", _one_line(identity.fingerprint_sha256))
+        if sealed is not None:
+            await session.set_variable(BINDING_VARIABLE, sealed)
         await session.set_variable("STC_ADMITTED", "1")
         self.counters.admitted += 1
         session.log.info(
