@@ -42,7 +42,7 @@ from .conference import ConferenceState
 from .listeners import HiddenListener, concise_channels, mixmonitor_list_count
 from .fastagi import BINDING_VARIABLE, Admission, FastAgiServer, Refusal, RoomPolicy, TokenRefused, make_admission_handler
 from .fastagi.protocol import AgiRequest
-from .limits import TokenBook
+from .limits import BoundedDict, TokenBook
 from .supervise import log_failure, supervise
 from .tunnel_server import TunnelPeer
 
@@ -76,6 +76,9 @@ class RoomService:
         # Channels whose STC_BINDING is being read through ARI, and those whose binding was refused.
         self._binding_checks: dict[str, asyncio.Task[set[str]]] = {}
         self._refused_bindings: set[str] = set()
+        # channel uniqueid -> the STC_BINDING value this process stored or verified on it: a VarSet
+        # event with any other value means something else changed it.
+        self._channel_bindings: BoundedDict[str, str] = BoundedDict(10_000)
         self.server_id = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
         self.policy = RoomPolicy.from_mapping(config.rooms.policy)
         self.tokens: TokenBook[TokenGrant] = TokenBook(config.limits.token_ttl)
@@ -86,7 +89,7 @@ class RoomService:
         self.ari = AriClient(ast.ari_url, ast.ari_user, ast.ari_password, ast.ari_app)
         self.ami = AmiClient(ast.ami_host, ast.ami_port, ast.ami_user, ast.ami_secret, on_event=self._ami_event,
                              on_up=self._ami_up, on_down=lambda exc: log.warning("AMI down: %s", exc),
-                             event_patterns=("Confbridge*", "ChanSpy*", "MixMonitor*"))
+                             event_patterns=("Confbridge*", "ChanSpy*", "MixMonitor*", "VarSet"))
         self._ari_task: asyncio.Task[None] | None = None
         self._push_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -142,7 +145,13 @@ class RoomService:
         grant = self.tokens.use(token)  # ours: it no longer expires in memory
         call_ref = f"{grant.peer_id}/{grant.call_id}" if grant else f"Call-ID {binding.call_id}"
         return Admission(binding.identity, call_ref, call_id=binding.call_id, room=binding.room,
-                         seal=lambda channel: self.binding_signer.sign(binding.for_channel(channel)))
+                         seal=functools.partial(self._seal, binding))
+
+    def _seal(self, binding: Binding, channel_id: str) -> str:
+        """The STC_BINDING value for the channel stc-admit is admitting."""
+        value = self.binding_signer.sign(binding.for_channel(channel_id))
+        self._channel_bindings[channel_id] = value
+        return value
 
     def on_admit(self, request: AgiRequest, identity: Any, room: str) -> None:
         # The channel is not in the bridge yet (the AGI runs before ConfBridge): the roster goes
@@ -249,10 +258,31 @@ class RoomService:
             return set()  # left while we asked
         log.info("channel %s in room %s: binding of %s (%s) verified", channel_id, room,
                  binding.identity.subject, binding.identity.fingerprint_sha256)
+        self._channel_bindings[channel_id] = value
         return self.conference.bind(channel_id, binding.identity)
 
     def _ami_event(self, event: dict[str, Any]) -> None:
+        fields = {str(k).lower(): v for k, v in event.items()}
+        if str(fields.get("event", "")).lower() == "varset":
+            if str(fields.get("variable", "")).upper() == BINDING_VARIABLE:
+                self._binding_set(fields)
+            return
         self._changed(self.conference.apply_ami(event))
+
+    def _binding_set(self, fields: dict[str, Any]) -> None:
+        """STC_BINDING was set on a channel: unless to the value stc-admit stored (or we verified),
+        forget what we knew of that channel and verify it again, as if admitted elsewhere."""
+        channel_id = fields.get("uniqueid")
+        if not isinstance(channel_id, str) or not channel_id:
+            return
+        if self._channel_bindings.get(channel_id) == fields.get("value"):
+            return  # stc-admit's own SET VARIABLE
+        log.warning("channel %s: STC_BINDING set by something other than stc-admit: verifying it again", channel_id)
+        self._channel_bindings.pop(channel_id, None)
+        self._refused_bindings.discard(channel_id)
+        changed = self.conference.unbind(channel_id)
+        self._start_binding_checks()
+        self._changed(changed)
 
     # -- pushing rosters ------------------------------------------------------------
     def _changed(self, rooms: set[str]) -> None:

@@ -226,3 +226,27 @@ async def test_a_forged_stc_binding_is_unauthenticated_and_ejected(
         assert [m["CallerIDNum"] for m in await ami.confbridge_list(ROOM)] == ["alice"]
     reason = "wrong-channel" if forgery == "copied" else "bad-signature"
     assert any(f"STC_BINDING refused ({reason}" in r.getMessage() for r in caplog.records), reason
+
+
+async def test_an_admitted_channel_whose_stc_binding_is_changed_is_unauthenticated_and_ejected(
+        asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with stc_stack(pki, ("alice", "bob")) as stack, AmiClient() as ami:
+        since = ami.mark()
+        for user in ("alice", "bob"):
+            caller(sipp_callers, stack, user).start()
+        joins = await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=30, since=since)
+        alice = stack.clients["alice"]
+        await wait_until(lambda: (r := latest(alice)) is not None and names(r) == ["Alice", "Bob"], 10, "both on the roster")
+        bob = next(j for j in joins if j["CallerIDNum"] == "bob")
+        since = ami.mark()
+        # An edit on the live channel (AMI Setvar, as any dialplan or AMI user could do).
+        value = edited(await ami.getvar(bob["Channel"], "STC_BINDING"))
+        await ami.action({"Action": "Setvar", "Channel": bob["Channel"], "Variable": "STC_BINDING", "Value": value})
+        await wait_until(lambda: any(r.unauthenticated for r in alice.rosters), 10, "Bob's channel UNAUTHENTICATED")
+        [flagged] = next(r for r in alice.rosters if r.unauthenticated).unauthenticated
+        assert flagged.channel_id == bob["Uniqueid"]
+        await ami.wait_for(event_is("ConfbridgeLeave", Conference=ROOM, Channel=bob["Channel"]), timeout=10, since=since)
+        await wait_until(lambda: names(latest(alice)) == ["Alice"], 5, "Bob's channel ejected")  # type: ignore[arg-type]
+    assert any("STC_BINDING refused (bad-signature" in r.getMessage() for r in caplog.records)
