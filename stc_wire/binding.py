@@ -29,7 +29,7 @@ Two uses, two checks:
 
 Size: the SIP header must pass PJSIP and `${PJSIP_HEADER(read,...)}` (4096 bytes by default),
 and `SET VARIABLE STC_BINDING "..."` must fit Asterisk's AGI command line (AGI_BUF_LEN 2048).
-`MAX_BINDING_CHARS` keeps a binding under both; a P-256 binding is about 800 characters.
+`MAX_BINDING_CHARS` keeps a binding under both; a P-256 binding is about 700 characters.
 """
 
 from __future__ import annotations
