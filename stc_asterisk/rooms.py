@@ -26,6 +26,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -60,6 +61,14 @@ class TokenGrant:
     room: str
 
 
+def _server_certificate(path: Path) -> x509.Certificate:
+    """One of `tunnel.trusted_servers`, or a ValueError that names the file."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"tunnel.trusted_servers: cannot use {path}: {exc}") from None
+
+
 class RoomService:
     def __init__(self, app: "ServerApp") -> None:
         self.app = app
@@ -71,8 +80,7 @@ class RoomService:
         self.signer = RosterSigner(key)  # type: ignore[arg-type]
         cert = x509.load_pem_x509_certificate(config.tunnel.cert.read_bytes())
         self.binding_signer = BindingSigner(key, cert)  # type: ignore[arg-type]
-        self.binding_verifier = BindingVerifier(
-            [cert, *(x509.load_pem_x509_certificate(path.read_bytes()) for path in config.tunnel.trusted_servers)])
+        self.binding_verifier = BindingVerifier([cert, *map(_server_certificate, config.tunnel.trusted_servers)])
         # Channels whose STC_BINDING is being read through ARI, and those whose binding was refused.
         self._binding_checks: dict[str, asyncio.Task[set[str]]] = {}
         self._refused_bindings: set[str] = set()

@@ -38,6 +38,13 @@ def test_values_and_relative_paths(tmp_path: Path) -> None:
     assert config.tunnel.key == tmp_path / "pki/server.key"  # defaults resolve next to the file too
 
 
+def test_trusted_server_certificates_resolve_next_to_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[tunnel]\ntrusted_servers = ["pki/server-2.pem", "/etc/stc/server-3.pem"]\n' + SECRETS)
+    assert load_config(ServerConfig, path).tunnel.trusted_servers == (tmp_path / "pki/server-2.pem",
+                                                                       Path("/etc/stc/server-3.pem"))
+    assert load_config(ServerConfig, write(tmp_path, SECRETS)).tunnel.trusted_servers == ()
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
