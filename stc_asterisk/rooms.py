@@ -5,16 +5,17 @@ Ties together: the per-call tokens the SIP relay puts on INVITEs, the FastAGI
 identity, ARI (membership, rebuilt on every reconnect) and AMI (talking,
 kick), and the signed roster pushed through the tunnel to every participant
 of a room on every change. A channel in a conference without an stc identity
-is listed as UNAUTHENTICATED and, by policy, ejected.
+is listed as UNAUTHENTICATED and, by policy, ejected. Anything else that hears a
+room (ChanSpy, MixMonitor, the ConfBridge recorder, ARI snoops and recordings) is
+listed on the roster too and, by the room's `hidden_listeners` policy, stopped.
 
 Tokens are signed bindings (stc_wire.binding), and stc-admit stores each channel's binding
 on the channel (STC_BINDING). A channel in a room that this process did not admit (after a
 restart, or admitted by another server of the deployment) is looked up through ARI: its
 STC_BINDING must verify for its uniqueid, its SIP Call-ID and its room, or it is
 UNAUTHENTICATED. Rosters wait for those look-ups, so no one is shown UNAUTHENTICATED for the
-time an ARI request takes. Anything else that hears a
-room (ChanSpy, MixMonitor, the ConfBridge recorder, ARI snoops and recordings) is
-listed on the roster too and, by the room's `hidden_listeners` policy, stopped.
+time an ARI request takes. An STC_BINDING set by anything but stc-admit (AMI VarSet events)
+makes the channel be looked up again.
 """
 
 from __future__ import annotations
@@ -285,9 +286,15 @@ class RoomService:
             return
         if self._channel_bindings.get(channel_id) == fields.get("value"):
             return  # stc-admit's own SET VARIABLE
-        log.warning("channel %s: STC_BINDING set by something other than stc-admit: verifying it again", channel_id)
+        # Unknown to us: an edit, or (with several servers) another server's stc-admit.
+        level = logging.WARNING if self.conference.binding(channel_id) is not None else logging.DEBUG
+        log.log(level, "channel %s: STC_BINDING set by something other than our stc-admit: verifying it again",
+                channel_id)
         self._channel_bindings.pop(channel_id, None)
         self._refused_bindings.discard(channel_id)
+        stale = self._binding_checks.pop(channel_id, None)
+        if stale is not None:  # it may have read the value before this change
+            stale.cancel()
         changed = self.conference.unbind(channel_id)
         self._start_binding_checks()
         self._changed(changed)
