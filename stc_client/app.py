@@ -48,7 +48,8 @@ class ClientApp:
         self._build(config)
 
     def _build(self, config: ClientConfig) -> None:
-        self.media = ClientMedia(config.server.host)
+        # The softphone's media ports live where its SIP does (127.0.0.1, or ::1 for an IPv6 phone).
+        self.media = ClientMedia(config.server.host, softphone_host=config.sip.listen_host)
         self.softphone = SoftphoneProxy(
             config.sip.listen_host, config.sip.listen_port, self.media,
             tuple(SrtpProfile.parse(p) for p in config.media.srtp_profiles), on_change=self._call_changed,
