@@ -15,7 +15,7 @@ from stc_wire.messages import Message, RosterUpdate
 from stc_wire.roster import Roster, RosterError, RosterRejected, RosterVerifier
 from stc_wire.srtp import SrtpProfile
 
-from .config import ClientConfig
+from .config import ClientConfig, softphone_address
 from .media import ClientMedia
 from .softphone import ClientCall, SoftphoneProxy
 from .state import ClientState, listener_message
@@ -53,7 +53,8 @@ class ClientApp:
         self.softphone = SoftphoneProxy(
             config.sip.listen_host, config.sip.listen_port, self.media,
             tuple(SrtpProfile.parse(p) for p in config.media.srtp_profiles), on_change=self._call_changed,
-            softphone_timeout=config.sip.softphone_timeout, on_call_end=self._call_ended)
+            softphone_timeout=config.sip.softphone_timeout, on_call_end=self._call_ended,
+            softphones=tuple(softphone_address(entry) for entry in config.sip.softphones))
 
     async def start(self) -> None:
         # A window secret that cannot be made or trusted stops the start before anything is bound.

@@ -115,12 +115,14 @@ SendToServer = Callable[[wire.Message], Awaitable[None]]
 class SoftphoneProxy:
     def __init__(self, host: str, port: int, media: ClientMedia, profiles: tuple[SrtpProfile, ...],
                  on_change: Callable[[], None] = lambda: None, *, softphone_timeout: float = 30.0,
-                 on_call_end: Callable[[ClientCall], None] = lambda call: None) -> None:
+                 on_call_end: Callable[[ClientCall], None] = lambda call: None,
+                 softphones: tuple[tuple[str, int | None], ...] = ()) -> None:
         self.host = host
         self.port = port
         self.media = media
         self.profiles = profiles
         self.softphone_timeout = softphone_timeout
+        self.softphones = softphones  # (host, port or None); empty: any local program
         self.calls: dict[DialogKey, ClientCall] = {}
         # Calls just ended, so a retransmitted BYE (or its 200) still finds the softphone's contact.
         self.recently_ended: OrderedDict[DialogKey, ClientCall] = OrderedDict()
@@ -149,6 +151,9 @@ class SoftphoneProxy:
         self._worker = asyncio.create_task(self._work())
         self._watcher = asyncio.create_task(self._watch_softphones())
         log.info("SIP for the softphone on udp%s %s:%d", "+tcp" if self._tcp_server else "", self.host, self.port)
+        if not self.softphones:
+            log.warning("any program on this machine may place calls through this client: "
+                        "set sip.softphones to your softphone's address")
 
     async def close(self) -> None:
         await self.tunnel_lost("client shutting down")
@@ -205,7 +210,24 @@ class SoftphoneProxy:
                 log.exception("error handling SIP from the softphone (dropped)")
                 self.drops["internal-error"] += 1
 
+    def _allowed(self, addr: Address) -> bool:
+        if not self.softphones:
+            return True
+        host, port = addr[0], addr[1]
+        return any(host == h and (p is None or p == port) for h, p in self.softphones)
+
     async def _handle_softphone(self, data: bytes, addr: Address) -> None:
+        if not self._allowed(addr):
+            # Not a configured softphone: another program must not call (or hang up) as this user.
+            self.drops["foreign-source"] += 1
+            log.warning("SIP from %s:%d refused: not a configured softphone (sip.softphones)", *addr)
+            try:
+                msg = parse_message(data)
+            except SipParseError:
+                return
+            if isinstance(msg, SipRequest):
+                self._refuse(msg, addr, 403, "not a softphone of this stc-client (sip.softphones)")
+            return
         try:
             msg = parse_message(data)
         except SipParseError as exc:
