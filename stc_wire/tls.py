@@ -112,8 +112,8 @@ def _load_pem_from_memfd(ctx: ssl.SSLContext, pem: bytes) -> None:
 def _load_pem_from_private_file(ctx: ssl.SSLContext, pem: bytes, password: bytes) -> None:
     """Windows, macOS (and a Linux without memfd): a 0600 file made with O_EXCL in a fresh 0700
     folder of the user's temporary directory, deleted as soon as ssl has read it. On Windows the
-    mode bits mean little; the user's temporary directory (in their profile) is private by its ACL,
-    and Python 3.13+ gives a 0o700 mkdtemp an owner-only ACL as well."""
+    mode bits mean little: the user's temporary directory (in their profile) is private by its ACL,
+    and Python 3.12.4 and later give a mkdtemp folder an owner-only ACL too (CVE-2024-4030)."""
     with tempfile.TemporaryDirectory(prefix="stc-identity-") as folder:  # mkdtemp: 0700
         path = os.path.join(folder, "identity.pem")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o600)

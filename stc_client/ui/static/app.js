@@ -295,6 +295,7 @@
       const body = await res.json();
       if (body.ok) {
         fillForm(body.settings);
+        $("first-start").hidden = true; // set up through the full form instead: a settings file exists now
         $("settings-result").textContent = "Saved. stc-client is reconnecting with the new settings.";
       } else {
         $("settings-result").textContent = "";
