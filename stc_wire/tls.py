@@ -73,7 +73,8 @@ def describe_ssl_error(exc: BaseException) -> str:
 
 def _load_pkcs12(ctx: ssl.SSLContext, path: Path, passphrase: str) -> None:
     """ssl only loads PEM files: hand it the bundle's certificate and key through a file that no
-    one else can read and that is gone when this returns (see _load_pem_identity)."""
+    one else can read and that is gone when this returns: an anonymous memfd on Linux, else a
+    private temporary file holding the key encrypted (_load_pem_from_private_file)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs12
 
