@@ -96,6 +96,8 @@ class UiSettings:
     port: int = 8765
     # The window's secret (stc_client/window_secret.py); default $XDG_CONFIG_HOME/stc-client/window-secret.
     secret_file: Path | None = None
+    # `stc-client` (run) opens the window in the default browser on start (`--no-browser`: not this time).
+    open_browser: bool = True
 
     @property
     def secret_path(self) -> Path:
