@@ -119,7 +119,7 @@ class Baresip:
         text = "".join(f"{key}\t{value}\n" for key, value in lines.items())
         text += "".join(f"module\t{m}\n" for m in modules) + "".join(f"module_app\t{m}\n" for m in apps)
         (self.workdir / "config").write_text(text)
-        params = ";regint=0"
+        params = f";regint=0;audio_codecs={','.join(self.codecs)}"
         if self.rtcp_mux is not None:
             params += f";rtcp_mux={'yes' if self.rtcp_mux else 'no'}"
         (self.workdir / "accounts").write_text(f"<sip:{self.user}@127.0.0.1:{self.sip_port}>{params}\n")

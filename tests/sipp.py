@@ -86,8 +86,12 @@ _live_callers: weakref.WeakSet[SippCaller] = weakref.WeakSet()
 _handed_out_ports: set[int] = set()
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _udp_port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    with socket.socket(_family(host), socket.SOCK_DGRAM) as probe:
         try:
             probe.bind((host, port))
         except OSError:
@@ -102,7 +106,7 @@ def free_udp_port(host: str = "127.0.0.1", *, span: int = 1, even: bool = False)
     callers of one test run cannot collide with each other.
     """
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        with socket.socket(_family(host), socket.SOCK_DGRAM) as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
         if even and port % 2:
@@ -197,7 +201,7 @@ class SippCaller:
         }
         cmd = [
             SIPP_BINARY,
-            f"{self.target_host}:{self.target_port}",
+            f"[{self.target_host}]:{self.target_port}" if ":" in self.target_host else f"{self.target_host}:{self.target_port}",
             "-sf", str(self.scenario),
             "-nostdin",  # it runs in the background
             "-m", "1",
@@ -206,7 +210,7 @@ class SippCaller:
             "-bind_local",  # SIP socket on local_ip, not 0.0.0.0
             "-mi", self.local_ip,
             "-mp", str(self.media_port),  # RTP in on this port; play_pcap_audio sends from it
-            "-ci", self.local_ip,  # SIPp's UDP control socket defaults to 0.0.0.0:8888
+            "-ci", self.control_ip,  # SIPp's UDP control socket defaults to 0.0.0.0:8888
             "-cp", str(self.control_port),
             "-s", self.service,
             "-d", str(self.hold_ms),
@@ -235,7 +239,7 @@ class SippCaller:
         self.sip_port = free_udp_port(self.local_ip)
         # SIPp binds the audio port and port+2 (video); keep RTCP's odd ports free too.
         self.media_port = free_udp_port(self.local_ip, span=4, even=True)
-        self.control_port = free_udp_port(self.local_ip)
+        self.control_port = free_udp_port(self.control_ip)
         cmd = self.command()
         logger.debug("starting %s", " ".join(cmd))
         with open(self._workdir / "stdout.log", "wb") as out:
@@ -250,6 +254,11 @@ class SippCaller:
         self._started_at = time.monotonic()
         _live_callers.add(self)
         return self
+
+    @property
+    def control_ip(self) -> str:
+        """SIPp's control socket is IPv4 only: loopback v4 beside an IPv6 phone."""
+        return "127.0.0.1" if ":" in self.local_ip else self.local_ip
 
     @property
     def running(self) -> bool:

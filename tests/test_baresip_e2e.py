@@ -125,6 +125,7 @@ async def test_dtmf_hold_and_resume_from_a_real_phone(
         await alice.wait_event("CALL_ESTABLISHED")
         [join] = await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
         channel = join["Channel"]
+        await asyncio.sleep(1)  # media flowing both ways first
         await alice.command("sndcode", "1")
         await ami.wait_for(event_is("DTMFEnd", Channel=channel, Digit="1"), timeout=10, since=since)
         await alice.command("hold")
