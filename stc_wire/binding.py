@@ -68,6 +68,7 @@ _HEAD = struct.Struct(">BB8sH")
 IDENTITY_FIELDS = ("display_name", "subject", "organization", "org_unit", "sip_uris", "emails", "issuer", "serial",
                    "fingerprint_sha256", "not_before", "not_after")
 _PAYLOAD_KEYS = {"cid", "exp", "id", "n", "room"}
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 RejectReason = Literal["malformed", "too-long", "unknown-signer", "bad-signature", "expired", "not-a-token",
                        "not-channel-bound", "wrong-channel", "wrong-call", "wrong-room"]
@@ -158,8 +159,6 @@ def _b64decode(text: str) -> bytes:
     except (binascii.Error, ValueError):
         raise BindingRejected("malformed", "not base64url") from None
 
-
-_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 class BindingSigner:
