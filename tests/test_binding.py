@@ -113,7 +113,8 @@ def test_any_changed_byte_is_refused(which: str) -> None:
 
 
 def test_an_edited_payload_signed_by_nobody_is_refused_as_bad_signature() -> None:
-    raw = bytearray(base64.urlsafe_b64decode(sealed() + "=" * (-len(sealed()) % 4)))
+    text = sealed()
+    raw = bytearray(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     start = raw.index(b'"room":"1000"')
     raw[start + 9:start + 13] = b"2000"
     forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
