@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from stc_asterisk.app import ServerApp
 from stc_asterisk.config import (
+    AdminSettings,
     AsteriskSettings,
     MediaSettings,
     ServerConfig,
@@ -161,6 +162,7 @@ def server_config(pki: BenchPki) -> ServerConfig:
                               ca_bundle=pki.ca, crl=pki.crl),
         asterisk=AsteriskSettings(sip_host=ASTERISK_SIP[0], sip_port=ASTERISK_SIP[1]),
         media=MediaSettings(wan_host=WAN_HOST, pbx_host=LOCAL),
+        admin=AdminSettings(port=0),
     )
 
 

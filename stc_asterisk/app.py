@@ -9,10 +9,12 @@ from stc_wire.srtp import SrtpProfile
 
 from .config import ServerConfig
 from .media import MediaRelay
+from .metrics import ServerMetrics
 from .sip_relay import TunnelCalls
 from .tunnel_server import TunnelPeer, TunnelServer
 
 if TYPE_CHECKING:
+    from .admin import AdminServer
     from .rooms import RoomService
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ class ServerApp:
         self.tunnels: TunnelServer | None = None
         self.rooms: "RoomService | None" = None
         self.sessions: dict[str, TunnelCalls] = {}
+        self.metrics = ServerMetrics(self)
+        self.admin: "AdminServer | None" = None
 
     async def _new_session(self, peer: TunnelPeer) -> TunnelCalls:
         calls = TunnelCalls(self, peer)
@@ -53,8 +57,15 @@ class ServerApp:
             await self.rooms.start()
         self.tunnels = TunnelServer(self.config.tunnel, self._new_session, capabilities=CAPABILITIES)
         await self.tunnels.start()
+        if self.config.admin.enabled:
+            from .admin import AdminServer
+
+            self.admin = AdminServer(self, self.config.admin)
+            await self.admin.start()
 
     async def close(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
         if self.tunnels is not None:
             await self.tunnels.close()
         if self.rooms is not None:

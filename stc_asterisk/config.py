@@ -179,12 +179,30 @@ class LimitSettings:
 
 
 @dataclass
+class AdminSettings:
+    """The operator's HTTP endpoints: /metrics (Prometheus text format), /healthz, /readyz.
+
+    Loopback by default: they tell who is connected and from where, so expose them only to
+    the monitoring network. Port 0 takes any free port (tests).
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9477
+
+    def validate(self) -> None:
+        if not port_ok(self.port) and self.port != 0:
+            raise ValueError(f"port: {self.port} is not a TCP port")
+
+
+@dataclass
 class ServerConfig:
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     asterisk: AsteriskSettings = field(default_factory=AsteriskSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     rooms: RoomSettings = field(default_factory=RoomSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     log_level: str = "INFO"
 
     def validate(self) -> None:

@@ -62,8 +62,8 @@ class RoomService:
         self.policy = RoomPolicy.from_mapping(config.rooms.policy)
         self.tokens: TokenBook[TokenGrant] = TokenBook(config.limits.token_ttl)
         ast = config.asterisk
-        self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {
-            "stc-admit": make_admission_handler(self.lookup_token, self.policy, self.on_admit)},
+        self.admission = make_admission_handler(self.lookup_token, self.policy, self.on_admit)
+        self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {"stc-admit": self.admission},
             allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source)
         self.ari = AriClient(ast.ari_url, ast.ari_user, ast.ari_password, ast.ari_app)
         self.ami = AmiClient(ast.ami_host, ast.ami_port, ast.ami_user, ast.ami_secret, on_event=self._ami_event,
@@ -72,6 +72,7 @@ class RoomService:
         self._push_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ejecting: set[str] = set()
+        self._flagged: set[str] = set()  # UNAUTHENTICATED channels already counted as seen
 
     async def start(self) -> None:
         await self.fastagi.start()
@@ -136,15 +137,16 @@ class RoomService:
     def _changed(self, rooms: set[str]) -> None:
         if not rooms:
             return
-        task = asyncio.get_running_loop().create_task(self._push(rooms))
+        task = asyncio.get_running_loop().create_task(self._push(rooms, time.monotonic()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(log_failure(log, f"roster push for {', '.join(sorted(rooms))}"))
 
-    async def _push(self, rooms: set[str]) -> None:
+    async def _push(self, rooms: set[str], changed_at: float) -> None:
         async with self._push_lock:  # versions go out in order; pushing only queues, never waits on a peer
             for room in sorted(rooms):
                 self._push_room(room)
+                self.app.metrics.roster_pushed(time.monotonic() - changed_at)
         for room in sorted(rooms):
             await self._enforce(room)
 
@@ -163,6 +165,9 @@ class RoomService:
                  len(roster.entries), len(roster.unauthenticated), roster.state)
 
     async def _enforce(self, room: str) -> None:
+        present = {c.channel_id for c in self.conference.unauthenticated()}
+        self.app.metrics.rooms.unauthenticated_seen += len(present - self._flagged)
+        self._flagged = present
         if self.app.config.rooms.unauthenticated != "eject":
             return
         # Forget channels already gone, so the set holds only ejections still under way.
@@ -174,7 +179,8 @@ class RoomService:
             log.warning("UNAUTHENTICATED channel %s (%s) in room %s: ejecting", channel.channel_name,
                         channel.channel_id, room)
             try:
-                await self.ari.hangup_channel(channel.channel_id, reason="normal")
+                if await self.ari.hangup_channel(channel.channel_id, reason="normal"):
+                    self.app.metrics.rooms.unauthenticated_ejected += 1
             except Exception as exc:
                 log.error("could not eject %s: %s", channel.channel_name, exc)
                 self._ejecting.discard(channel.channel_id)

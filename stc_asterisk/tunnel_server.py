@@ -14,11 +14,14 @@ import itertools
 import logging
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
+
+from cryptography import x509
 
 from stc_wire.identity import CertificateRejected, PeerIdentity, TrustAnchors, check_client_certificate
 from stc_wire.messages import CloseCode, Hello, Message
@@ -29,6 +32,7 @@ from stc_wire.tunnel import Role, TunnelConnection, TunnelError
 from .config import TunnelSettings
 from .limits import RefusalLog, SourceGate
 from .supervise import supervise
+from .trust import TrustStatus
 
 log = logging.getLogger(__name__)
 AGENT = "stc-server/0.1"
@@ -75,6 +79,8 @@ class _TrustCache:
         self._stamp: tuple[float, float] | None = None
         self.context: ssl.SSLContext
         self.trust: TrustAnchors
+        self.loaded_at = 0.0
+        self.certificate_not_after = x509.load_pem_x509_certificate(settings.cert.read_bytes()).not_valid_after_utc
         self.reload_if_changed()
 
     def reload_if_changed(self) -> bool:
@@ -86,6 +92,7 @@ class _TrustCache:
         self.context = server_context(s.cert, s.key, s.ca_bundle, s.crl)
         self.trust = TrustAnchors.load(s.ca_bundle, s.crl)
         self._stamp = stamp
+        self.loaded_at = time.time()
         log.info("trust anchors loaded: CA bundle %s, CRL %s", s.ca_bundle, s.crl)
         return True
 
@@ -101,6 +108,7 @@ class TunnelServer:
         self.settings = settings
         self.peers: dict[str, TunnelPeer] = {}
         self.refused: Counter[str] = Counter()
+        self.accepted = 0
         self._session_factory = session_factory or (lambda peer: _NullSession())
         self._capabilities = capabilities
         self._trust = _TrustCache(settings)  # fails at start on a bad file, not at the first client
@@ -115,6 +123,15 @@ class TunnelServer:
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    def trust_status(self) -> TrustStatus:
+        crl = self._trust.trust.crl
+        return TrustStatus(self._trust.certificate_not_after, crl.next_update_utc if crl else None,
+                           crl.last_update_utc if crl else None, self._trust.loaded_at)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.settings.listen_host, self.settings.listen_port)
@@ -251,6 +268,7 @@ class TunnelServer:
     async def _run(self, conn_id: str, address: tuple[str, int], identity: PeerIdentity, stream: TunnelStream,
                    der: bytes, hello: Hello) -> None:
         peer = TunnelPeer(conn_id, address, identity, stream, der)
+        self.accepted += 1
         log.info("[%s] client connected from %s:%d: %s, SHA-256 %s, agent %r, protocol v%s",
                  conn_id, address[0], address[1], identity.subject, identity.fingerprint_sha256,
                  hello.agent, stream.connection.version)
