@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+
 from stc_wire.srtp import SrtpProfile
 
+from .audit import AuditLog, AuditSink, NoAudit
 from .config import ServerConfig
 from .media import MediaRelay
 from .metrics import ServerMetrics
 from .sip_relay import TunnelCalls
+from .supervise import supervise
 from .tunnel_server import TunnelPeer, TunnelServer
 
 if TYPE_CHECKING:
@@ -41,6 +48,9 @@ class ServerApp:
         self.sessions: dict[str, TunnelCalls] = {}
         self.metrics = ServerMetrics(self)
         self.admin: "AdminServer | None" = None
+        self.audit: AuditSink = NoAudit()
+        self._audit_log: AuditLog | None = None
+        self._audit_signing: asyncio.Task[None] | None = None
 
     async def _new_session(self, peer: TunnelPeer) -> TunnelCalls:
         calls = TunnelCalls(self, peer)
@@ -48,7 +58,26 @@ class ServerApp:
         self.sessions[peer.id] = calls
         return calls
 
+    def _open_audit(self) -> None:
+        settings = self.config.audit
+        if settings.path is None:
+            return
+        key = load_pem_private_key(self.config.tunnel.key.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(self.config.tunnel.cert.read_bytes())
+        signer = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+        self._audit_log = AuditLog(settings.path, key, signer, rotate_bytes=settings.rotate_bytes)  # type: ignore[arg-type]
+        self.audit = self._audit_log
+        self._audit_signing = asyncio.create_task(supervise("the audit log's signing", self._sign_audit, log))
+        self.audit.record("server-started", signer=signer)
+
+    async def _sign_audit(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.audit.sign_interval)
+            if self._audit_log is not None:
+                self._audit_log.sign()
+
     async def start(self) -> None:
+        self._open_audit()
         if self.config.asterisk.watch_conferences:
             from .rooms import RoomService
 
@@ -56,6 +85,7 @@ class ServerApp:
             self.admissions = self.rooms
             await self.rooms.start()
         self.tunnels = TunnelServer(self.config.tunnel, self._new_session, capabilities=CAPABILITIES)
+        self.tunnels.audit = self.audit
         await self.tunnels.start()
         if self.config.admin.enabled:
             from .admin import AdminServer
@@ -71,3 +101,8 @@ class ServerApp:
         if self.rooms is not None:
             await self.rooms.close()
         self.media.close()
+        if self._audit_signing is not None:
+            self._audit_signing.cancel()
+        if self._audit_log is not None:
+            self.audit.record("server-stopped")
+            self._audit_log.close()

@@ -15,10 +15,26 @@ from .app import ServerApp
 from .config import ServerConfig
 
 log = logging.getLogger("stc_asterisk")
+TOOLS = ("audit",)
+
+
+def tools(argv: list[str]) -> int:
+    """The operator's commands beside the server: `audit ...` (and `check`)."""
+    from . import audit_cli
+
+    parser = argparse.ArgumentParser(prog="stc-server", description="stc server tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    audit_cli.add_parser(sub)
+    args = parser.parse_args(argv)
+    return audit_cli.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stc-server", description="stc server: TLS tunnels, SIP relay and SRTP media in front of Asterisk")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        return tools(argv)
+    parser = argparse.ArgumentParser(prog="stc-server", description="stc server: TLS tunnels, SIP relay and SRTP media in front of Asterisk",
+                                     epilog="Tools: stc-server audit verify|show FILE... (see stc-server audit --help)")
     parser.add_argument("--config", type=Path, help="TOML settings file (default: built-in demo settings)")
     args = parser.parse_args(argv)
     config = load_or_exit("stc-server", ServerConfig, args.config)

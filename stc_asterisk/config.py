@@ -179,6 +179,21 @@ class LimitSettings:
 
 
 @dataclass
+class AuditSettings:
+    """The audit trail (see stc_asterisk/audit.py): off unless `path` is set."""
+
+    path: Path | None = None
+    sign_interval: float = 60.0  # the chain head is signed this often (if anything was added), and at stop
+    rotate_bytes: int = 64 * 1024 * 1024  # a file past this size is signed, renamed PATH.<UTC time>, and a new one begun
+
+    def validate(self) -> None:
+        if self.sign_interval <= 0:
+            raise ValueError("sign_interval: must be positive")
+        if self.rotate_bytes < 0:
+            raise ValueError("rotate_bytes: must be 0 (never) or a size in bytes")
+
+
+@dataclass
 class AdminSettings:
     """The operator's HTTP endpoints: /metrics (Prometheus text format), /healthz, /readyz.
 
@@ -203,6 +218,7 @@ class ServerConfig:
     rooms: RoomSettings = field(default_factory=RoomSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     log_level: str = "INFO"
 
     def validate(self) -> None:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 
 from stc_wire import messages as wire
 from stc_wire.identity import PeerIdentity
-from stc_wire.roster import RosterSigner, RosterVersions, iso_utc
+from stc_wire.roster import Roster, RosterEntry, RosterSigner, RosterVersions, iso_utc
 
 from .ami import AmiClient
 from .ari import AriClient
@@ -73,6 +73,7 @@ class RoomService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ejecting: set[str] = set()
         self._flagged: set[str] = set()  # UNAUTHENTICATED channels already counted as seen
+        self._audited: dict[str, dict[str, RosterEntry]] = {}  # room -> channel -> entry, as last audited
 
     async def start(self) -> None:
         await self.fastagi.start()
@@ -113,6 +114,8 @@ class RoomService:
         # The channel is not in the bridge yet (the AGI runs before ConfBridge): the roster goes
         # out when ARI reports it entering, unless the binding changed a room's view already.
         self._changed(self.conference.bind(request.uniqueid, identity))
+        self.app.audit.record("admitted", room=room, channel_id=request.uniqueid, subject=identity.subject,
+                              fingerprint=identity.fingerprint_sha256)
 
     # -- Asterisk events ------------------------------------------------------------
     async def _ari_connected(self) -> None:
@@ -155,6 +158,9 @@ class RoomService:
         version = self.versions.next(room, time.time_ns() // 1000)
         roster = self.conference.roster(room, server_id=self.server_id, version=version, issued_at=iso_utc(now))
         signed = self.signer.sign(roster).to_bytes()
+        self._audit_membership(roster)
+        self.app.audit.record("roster-pushed", room=room, version=version, participants=len(roster.entries),
+                              state=roster.state)
         for session in list(self.app.sessions.values()):
             if any(call.room == room and call.confirmed for call in session.calls.values()):
                 try:
@@ -163,6 +169,24 @@ class RoomService:
                     log.debug("roster to %s not sent: %s", session.peer.id, exc)
         log.info("room %s roster v%d: %d participant(s), %d unauthenticated, state %s", room, version,
                  len(roster.entries), len(roster.unauthenticated), roster.state)
+
+    def _audit_membership(self, roster: Roster) -> None:
+        """Joins and leaves since the room's last roster (none while the state is unknown: Asterisk
+        is away, and who left is told after it is back)."""
+        if roster.state != "ok":
+            return
+        before = self._audited.pop(roster.room, {})
+        now = {e.channel_id: e for e in roster.entries}
+        for channel_id, entry in now.items():
+            if channel_id not in before:
+                self.app.audit.record("join", room=roster.room, channel_id=channel_id, channel=entry.channel_name,
+                                      joined_at=entry.joined_at, **_who(entry))
+        for channel_id, entry in before.items():
+            if channel_id not in now:
+                self.app.audit.record("leave", room=roster.room, channel_id=channel_id, channel=entry.channel_name,
+                                      **_who(entry))
+        if now:
+            self._audited[roster.room] = now
 
     async def _enforce(self, room: str) -> None:
         present = {c.channel_id for c in self.conference.unauthenticated()}
@@ -181,6 +205,16 @@ class RoomService:
             try:
                 if await self.ari.hangup_channel(channel.channel_id, reason="normal"):
                     self.app.metrics.rooms.unauthenticated_ejected += 1
+                    self.app.audit.record("ejected", room=room, channel_id=channel.channel_id, channel=channel.channel_name,
+                                          reason="unauthenticated")
             except Exception as exc:
                 log.error("could not eject %s: %s", channel.channel_name, exc)
                 self._ejecting.discard(channel.channel_id)
+
+
+def _who(entry: RosterEntry) -> dict[str, Any]:
+    """The certificate a roster entry stands for, or the unverified caller id of an UNAUTHENTICATED one."""
+    if entry.identity is None:
+        return {"unauthenticated": True, "caller_id": entry.caller_id}
+    return {"subject": entry.identity.get("subject"), "display_name": entry.identity.get("display_name"),
+            "fingerprint": entry.identity.get("fingerprint_sha256")}

@@ -9,6 +9,7 @@ with the reason; an accepted one with its subject and fingerprint.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import itertools
 import logging
@@ -29,6 +30,7 @@ from stc_wire.stream import CloseInfo, TunnelStream
 from stc_wire.tls import describe_ssl_error, server_context
 from stc_wire.tunnel import Role, TunnelConnection, TunnelError
 
+from .audit import AuditSink, NoAudit
 from .config import TunnelSettings
 from .limits import RefusalLog, SourceGate
 from .supervise import supervise
@@ -97,6 +99,18 @@ class _TrustCache:
         return True
 
 
+def _certificate_fields(der: bytes | None) -> dict[str, str]:
+    """Subject and fingerprint of a refused client's certificate, when it sent one that parses."""
+    if not der:
+        return {}
+    fields = {"fingerprint": hashlib.sha256(der).hexdigest()}
+    try:
+        fields["subject"] = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
+        pass
+    return fields
+
+
 class TunnelServer:
     def __init__(
         self,
@@ -109,6 +123,7 @@ class TunnelServer:
         self.peers: dict[str, TunnelPeer] = {}
         self.refused: Counter[str] = Counter()
         self.accepted = 0
+        self.audit: AuditSink = NoAudit()
         self._session_factory = session_factory or (lambda peer: _NullSession())
         self._capabilities = capabilities
         self._trust = _TrustCache(settings)  # fails at start on a bad file, not at the first client
@@ -197,11 +212,15 @@ class TunnelServer:
             except CertificateRejected as exc:
                 closed += 1
                 log.warning("[%s] closing the tunnel of %s: %s (%s)", peer.id, peer.identity.subject, exc.reason, exc)
+                self.audit.record("tunnel-ended", conn=peer.id, subject=peer.identity.subject,
+                                  fingerprint=peer.identity.fingerprint_sha256, reason=exc.reason)
                 await peer.stream.close(CloseCode.POLICY, f"certificate no longer accepted: {exc.reason}")
         return closed
 
-    def _refuse(self, conn_id: str, address: tuple[str, int], reason: str, detail: str) -> None:
+    def _refuse(self, conn_id: str, address: tuple[str, int], reason: str, detail: str, der: bytes | None = None) -> None:
         self.refused[reason] += 1
+        self.audit.record("tunnel-refused", conn=conn_id, address=address[0], reason=reason, detail=detail[:300],
+                          **_certificate_fields(der))
         self._refusals.refuse(reason, "[%s] refused %s:%d: %s (%s)", conn_id, address[0], address[1], reason, detail)
 
     async def _serve(self, conn_id: str, address: tuple[str, int], reader: asyncio.StreamReader,
@@ -247,7 +266,7 @@ class TunnelServer:
         try:
             identity = check_client_certificate(der, self._trust.trust, datetime.now(timezone.utc))
         except CertificateRejected as exc:
-            self._refuse(conn_id, address, exc.reason, str(exc))
+            self._refuse(conn_id, address, exc.reason, str(exc), der)
             return None
         stream = TunnelStream(
             reader, writer,
@@ -261,7 +280,7 @@ class TunnelServer:
         try:
             hello = await stream.handshake(self.settings.hello_timeout)
         except TunnelError as exc:
-            self._refuse(conn_id, address, exc.reason, f"{identity.subject}: {exc}")
+            self._refuse(conn_id, address, exc.reason, f"{identity.subject}: {exc}", der)
             return None
         return identity, stream, der or b"", hello
 
@@ -269,6 +288,8 @@ class TunnelServer:
                    der: bytes, hello: Hello) -> None:
         peer = TunnelPeer(conn_id, address, identity, stream, der)
         self.accepted += 1
+        self.audit.record("tunnel-accepted", conn=conn_id, address=address[0], subject=identity.subject,
+                          fingerprint=identity.fingerprint_sha256)
         log.info("[%s] client connected from %s:%d: %s, SHA-256 %s, agent %r, protocol v%s",
                  conn_id, address[0], address[1], identity.subject, identity.fingerprint_sha256,
                  hello.agent, stream.connection.version)

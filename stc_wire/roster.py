@@ -307,6 +307,36 @@ def _signed_data(code: int, payload: bytes) -> bytes:
     return SIGNATURE_CONTEXT + bytes([code]) + payload
 
 
+def sign_data(key: PrivateKey, data: bytes) -> tuple[int, bytes]:
+    """(algorithm code, signature) over `data` with stc's algorithm for this key. The caller puts
+    its own context string in `data`, so a signature made for one purpose never passes for another."""
+    algorithm = algorithm_for(key)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        digest = hashes.SHA256() if algorithm is ECDSA_P256_SHA256 else hashes.SHA384()
+        return algorithm.code, key.sign(data, ec.ECDSA(digest))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return algorithm.code, key.sign(data, _PSS, hashes.SHA256())
+    return algorithm.code, key.sign(data)
+
+
+def verify_data(public_key: PublicKey, code: int, data: bytes, signature: bytes) -> bool:
+    """True if `signature` over `data` was made by this key's owner with algorithm `code`."""
+    algorithm = algorithm_for(public_key)
+    if code != algorithm.code:
+        return False
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            digest = hashes.SHA256() if algorithm is ECDSA_P256_SHA256 else hashes.SHA384()
+            public_key.verify(signature, data, ec.ECDSA(digest))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, data, _PSS, hashes.SHA256())
+        else:
+            public_key.verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class SignedRoster:
     """A roster's canonical bytes and the server's signature over them."""
