@@ -77,6 +77,11 @@ class ServerApp:
                 self._audit_log.sign()
 
     async def start(self) -> None:
+        tunnel = self.config.tunnel
+        if tunnel.crl_url and not tunnel.crl.exists():  # first start: no local copy to fall back on yet
+            from .crl import CrlFetcher
+
+            await CrlFetcher(tunnel.crl_url, tunnel.ca_bundle, tunnel.crl).fetch()
         self._open_audit()
         if self.config.asterisk.watch_conferences:
             from .rooms import RoomService
@@ -92,6 +97,20 @@ class ServerApp:
 
             self.admin = AdminServer(self, self.config.admin)
             await self.admin.start()
+
+    async def reload(self, config: ServerConfig | None) -> None:
+        """SIGHUP: the CRL refreshed, certificate, key, CA bundle and CRL loaded again, and (from a re-read
+        settings file) the room policy replaced; tunnels and calls that are still acceptable stay up."""
+        if config is not None and self.rooms is not None:
+            from .fastagi import RoomPolicy
+
+            policy = RoomPolicy.from_mapping(config.rooms.policy)
+            self.rooms.policy = policy
+            self.rooms.admission.set_policy(policy)
+            self.config.rooms = config.rooms
+            log.info("reload: room policy replaced")
+        if self.tunnels is not None:
+            await self.tunnels.reload()
 
     async def close(self) -> None:
         if self.admin is not None:

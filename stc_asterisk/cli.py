@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from stc_wire.cli_common import load_or_exit, run_until_signal, setup_logging
+from stc_wire.config import ConfigError, load_config
 from stc_wire.tls import TlsSetupError
 
 from .app import ServerApp
 from .config import ServerConfig
+from .crl import CrlFetchError
 
 log = logging.getLogger("stc_asterisk")
 TOOLS = ("audit",)
@@ -40,9 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     config = load_or_exit("stc-server", ServerConfig, args.config)
     setup_logging(config.log_level)
     app = ServerApp(config)
+
+    def reload() -> None:
+        try:
+            fresh = load_config(ServerConfig, args.config) if args.config else None
+        except ConfigError as exc:
+            log.error("reload: %s (nothing changed)", exc)
+            return
+        asyncio.ensure_future(app.reload(fresh))
+
+    async def start() -> None:
+        await app.start()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
     try:
-        asyncio.run(run_until_signal(app.start, app.close))
-    except (TlsSetupError, FileNotFoundError) as exc:
+        asyncio.run(run_until_signal(start, app.close))
+    except (TlsSetupError, FileNotFoundError, CrlFetchError) as exc:
         print(f"stc-server: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -36,6 +36,16 @@ class TunnelSettings:
     socket_send_buffer: int = 64 * 1024
     # How often connected clients are checked again (CRL or CA bundle changed, certificate expired).
     trust_recheck_interval: float = 10.0
+    # The CRL's distribution point (http:// or https://), fetched into `crl` (the local copy, kept
+    # for restarts) at start, every crl_refresh_interval, at the latest crl_refresh_margin before the
+    # CRL's nextUpdate, and on SIGHUP. Empty: `crl` is a file someone else keeps current.
+    crl_url: str = ""
+    crl_refresh_interval: float = 300.0
+    crl_refresh_margin: float = 3600.0
+    # A CRL that cannot be refreshed is a warning and a metric (stc_crl_refresh_failing) at once; past
+    # its nextUpdate, new clients are still checked against it for this many seconds, then refused
+    # and every tunnel closed (fail closed). 0: at nextUpdate.
+    crl_fail_closed_after: float = 0.0
 
     def validate(self) -> None:
         if not port_ok(self.listen_port):
@@ -48,6 +58,10 @@ class TunnelSettings:
             raise ValueError("keepalive_timeout: must be longer than keepalive_interval")
         if self.pending_handshakes < 1 or self.pending_handshakes_per_source < 1:
             raise ValueError("pending_handshakes, pending_handshakes_per_source: must be at least 1")
+        if self.crl_url and not self.crl_url.startswith(("http://", "https://")):
+            raise ValueError(f"crl_url: {self.crl_url!r} is not an http(s) URL")
+        if self.crl_refresh_interval <= 0 or self.crl_refresh_margin < 0 or self.crl_fail_closed_after < 0:
+            raise ValueError("crl_refresh_interval: must be positive; crl_refresh_margin, crl_fail_closed_after: not negative")
         if self.socket_send_buffer < 0:
             raise ValueError("socket_send_buffer: must be 0 (the kernel's) or a size in bytes")
 

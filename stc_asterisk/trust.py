@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+
+
+def in_grace(next_update: datetime | None, now: datetime, grace: float) -> bool:
+    """Past the CRL's nextUpdate, but within the configured time it is still used."""
+    return next_update is not None and grace > 0 and next_update < now <= next_update + timedelta(seconds=grace)
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 from cryptography import x509
 
-from stc_wire.identity import CertificateRejected, PeerIdentity, TrustAnchors, check_client_certificate
+from stc_wire.identity import CertificateRejected, PeerIdentity, TrustAnchors, check_client_certificate, verify_crl
 from stc_wire.messages import CloseCode, Hello, Message
 from stc_wire.stream import CloseInfo, TunnelStream
 from stc_wire.tls import describe_ssl_error, server_context
@@ -32,9 +32,10 @@ from stc_wire.tunnel import Role, TunnelConnection, TunnelError
 
 from .audit import AuditSink, NoAudit
 from .config import TunnelSettings
+from .crl import CrlFetcher, CrlFetchError
 from .limits import RefusalLog, SourceGate
 from .supervise import supervise
-from .trust import TrustStatus
+from .trust import TrustStatus, in_grace
 
 log = logging.getLogger(__name__)
 AGENT = "stc-server/0.1"
@@ -80,18 +81,39 @@ class _TrustCache:
         self._settings = settings
         self._stamp: tuple[float, float] | None = None
         self.context: ssl.SSLContext
+        self.context_without_crl: ssl.SSLContext  # past nextUpdate, in the grace crl_fail_closed_after gives
         self.trust: TrustAnchors
         self.loaded_at = 0.0
-        self.certificate_not_after = x509.load_pem_x509_certificate(settings.cert.read_bytes()).not_valid_after_utc
+        self.certificate_not_after: datetime
         self.reload_if_changed()
 
-    def reload_if_changed(self) -> bool:
-        """True if the CA bundle or CRL changed on disk and was loaded again."""
+    def in_grace(self, now: datetime) -> bool:
+        crl = self.trust.crl
+        return crl is not None and in_grace(crl.next_update_utc, now, self._settings.crl_fail_closed_after)
+
+    def check(self, der: bytes | None, now: datetime) -> PeerIdentity:
+        """check_client_certificate, except in the grace past the CRL's nextUpdate: then the CRL
+        (still signed by a trusted CA) is applied as it was at its nextUpdate."""
+        crl = self.trust.crl
+        if crl is None or crl.next_update_utc is None or not self.in_grace(now):
+            return check_client_certificate(der, self.trust, now)
+        identity = check_client_certificate(der, TrustAnchors(self.trust.cas, None), now)
+        verify_crl(crl, self.trust.cas, crl.next_update_utc - timedelta(microseconds=1))
+        entry = crl.get_revoked_certificate_by_serial_number(identity.serial)
+        if entry is not None:
+            raise CertificateRejected("revoked", f"certificate of {identity.display_name!r} was revoked "
+                                                 f"on {entry.revocation_date_utc:%Y-%m-%d %H:%M}Z")
+        return identity
+
+    def reload_if_changed(self, *, force: bool = False) -> bool:
+        """True if the CA bundle or CRL changed on disk (or `force`: the certificate too) and was loaded again."""
         s = self._settings
         stamp = (s.ca_bundle.stat().st_mtime_ns, s.crl.stat().st_mtime_ns)
-        if stamp == self._stamp:
+        if stamp == self._stamp and not force:
             return False
         self.context = server_context(s.cert, s.key, s.ca_bundle, s.crl)
+        self.context_without_crl = server_context(s.cert, s.key, s.ca_bundle, None)
+        self.certificate_not_after = x509.load_pem_x509_certificate(s.cert.read_bytes()).not_valid_after_utc
         self.trust = TrustAnchors.load(s.ca_bundle, s.crl)
         self._stamp = stamp
         self.loaded_at = time.time()
@@ -133,6 +155,11 @@ class TunnelServer:
         self._recheck: asyncio.Task[None] | None = None
         self._handshakes = SourceGate(settings.pending_handshakes, settings.pending_handshakes_per_source)
         self._refusals = RefusalLog(log)
+        self._fetcher = CrlFetcher(settings.crl_url, settings.ca_bundle, settings.crl) if settings.crl_url else None
+        self._crl_task: asyncio.Task[None] | None = None
+        self._refresh_now = asyncio.Event()
+        self.crl_refresh_error: str | None = None
+        self.crl_refresh_failures = 0
 
     @property
     def port(self) -> int:
@@ -146,16 +173,71 @@ class TunnelServer:
     def trust_status(self) -> TrustStatus:
         crl = self._trust.trust.crl
         return TrustStatus(self._trust.certificate_not_after, crl.next_update_utc if crl else None,
-                           crl.last_update_utc if crl else None, self._trust.loaded_at)
+                           crl.last_update_utc if crl else None, self._trust.loaded_at, self.crl_refresh_error,
+                           self.crl_refresh_failures, self.settings.crl_fail_closed_after)
+
+    async def reload(self) -> None:
+        """SIGHUP: fetch the CRL now (from its URL), load certificate, key, CA bundle and CRL again, and
+        check every connected client against them. Tunnels still acceptable stay up, calls and all."""
+        if self._fetcher is not None:
+            await self._refresh_crl_once()
+        try:
+            self._trust.reload_if_changed(force=True)
+        except Exception as exc:
+            log.error("reload: cannot load the certificate, CA bundle or CRL (keeping the last good ones): %s", exc)
+            return
+        log.info("reload: certificate, CA bundle and CRL loaded again")
+        await self.recheck_peers()
+
+    async def _refresh_crl_once(self) -> float:
+        """Fetch the CRL; the delay until the next refresh."""
+        assert self._fetcher is not None
+        interval = self.settings.crl_refresh_interval
+        try:
+            crl = await self._fetcher.fetch()
+        except CrlFetchError as exc:
+            self.crl_refresh_failures += 1
+            self.crl_refresh_error = str(exc)
+            closes = self.trust_status().fail_closed_at()
+            until = f"{datetime.fromtimestamp(closes, timezone.utc):%Y-%m-%d %H:%M:%S}Z" if closes else "never"
+            log.warning("CRL refresh failed: %s; the CRL in use is still applied until %s, new clients are "
+                        "refused from then (fail closed)", exc, until)
+            return min(interval, 30.0)
+        if self.crl_refresh_error is not None:
+            log.info("CRL refreshed from %s again", self._fetcher.url)
+        self.crl_refresh_error = None
+        next_update = crl.next_update_utc
+        if next_update is not None:
+            left = (next_update - datetime.now(timezone.utc)).total_seconds() - self.settings.crl_refresh_margin
+            interval = min(interval, max(1.0, left))
+        return interval
+
+    async def _refresh_crl(self) -> None:
+        while True:
+            delay = await self._refresh_crl_once()
+            try:
+                if self._trust.reload_if_changed():
+                    await self.recheck_peers()
+            except Exception as exc:
+                log.error("cannot load the refreshed CRL: %s", exc)
+            self._refresh_now.clear()
+            try:
+                await asyncio.wait_for(self._refresh_now.wait(), delay)
+            except TimeoutError:
+                pass
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.settings.listen_host, self.settings.listen_port)
         self._recheck = asyncio.create_task(supervise("the tunnels' certificate recheck", self._recheck_connected, log))
+        if self._fetcher is not None:
+            self._crl_task = asyncio.create_task(supervise("the CRL refresh", self._refresh_crl, log))
         log.info("tunnel listening on %s:%d (TLS 1.3, client certificate required)", self.settings.listen_host, self.port)
 
     async def close(self) -> None:
         if self._recheck is not None:
             self._recheck.cancel()
+        if self._crl_task is not None:
+            self._crl_task.cancel()
         if self._server is not None:
             self._server.close()
         # At once: a peer that does not take its CLOSE holds up only itself (2 s at most).
@@ -208,7 +290,7 @@ class TunnelServer:
         closed = 0
         for peer in list(self.peers.values()):
             try:
-                check_client_certificate(peer.certificate_der, self._trust.trust, now)
+                self._trust.check(peer.certificate_der, now)
             except CertificateRejected as exc:
                 closed += 1
                 log.warning("[%s] closing the tunnel of %s: %s (%s)", peer.id, peer.identity.subject, exc.reason, exc)
@@ -254,7 +336,8 @@ class TunnelServer:
             return None
         try:
             async with asyncio.timeout(self.settings.handshake_timeout):
-                await writer.start_tls(self._trust.context)
+                now = datetime.now(timezone.utc)
+                await writer.start_tls(self._trust.context_without_crl if self._trust.in_grace(now) else self._trust.context)
         except TimeoutError:
             self._refuse(conn_id, address, "handshake-timeout", f"no TLS handshake within {self.settings.handshake_timeout:g} s")
             return None
@@ -264,7 +347,7 @@ class TunnelServer:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         try:
-            identity = check_client_certificate(der, self._trust.trust, datetime.now(timezone.utc))
+            identity = self._trust.check(der, datetime.now(timezone.utc))
         except CertificateRejected as exc:
             self._refuse(conn_id, address, exc.reason, str(exc), der)
             return None

@@ -214,6 +214,10 @@ class AdmissionHandler:
         self._bound: OrderedDict[str, str] = OrderedDict()
         self.counters = AdmissionCounters()
 
+    def set_policy(self, policy: RoomPolicy) -> None:
+        """A reloaded room policy: for channels admitted from now on (those in a room stay)."""
+        self._policy = policy
+
     async def __call__(self, session: AgiSession) -> None:
         request = session.request
         room = room_of(request)
