@@ -18,7 +18,7 @@ from .config import ServerConfig
 from .crl import CrlFetchError
 
 log = logging.getLogger("stc_asterisk")
-TOOLS = ("audit",)
+TOOLS = ("audit", "check")
 
 
 def tools(argv: list[str]) -> int:
@@ -28,8 +28,25 @@ def tools(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="stc-server", description="stc server tools")
     sub = parser.add_subparsers(dest="command", required=True)
     audit_cli.add_parser(sub)
+    check = sub.add_parser("check", help="check the settings against the live Asterisk (AMI, ARI, modules, endpoint, "
+                                         "dialplan, FastAGI); each failure says what to change where")
+    check.add_argument("--config", type=Path, help="TOML settings file (default: built-in demo settings)")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return run_check(args.config)
     return audit_cli.run(args)
+
+
+def run_check(path: Path | None) -> int:
+    from .check import run_checks
+
+    config = load_or_exit("stc-server check", ServerConfig, path)
+    results = asyncio.run(run_checks(config, config_name=str(path) if path else "server.toml"))
+    for result in results:
+        print(result.line())
+    failed = [r for r in results if not r.ok]
+    print(f"{len(failed)} problem(s) found" if failed else "all checks passed")
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
