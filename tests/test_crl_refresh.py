@@ -3,7 +3,9 @@ revocation published there closes that user's tunnel; an unreachable URL is a wa
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -16,10 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from stack import Stack, server_config, wait_until
+from stack import WAN_HOST, Stack, server_config, wait_until
 from stc_asterisk.app import ServerApp
 from stc_asterisk.trust import in_grace
 from stc_pki.pki import CertificateAuthority, crl_pem
+from stc_wire.tls import client_context
 from tests.certs import TestPki, make_test_pki
 
 
@@ -38,12 +41,15 @@ class DistributionPoint:
     hits: int = 0
 
 
-def issue_crl(pki: TestPki, revoked_users: tuple[str, ...]) -> bytes:
+def issue_crl(pki: TestPki, revoked_users: tuple[str, ...], *, age: timedelta = timedelta(seconds=1),
+              lifetime: timedelta = timedelta(days=7)) -> bytes:
+    """A CRL from the test CA, issued `age` ago, valid for `lifetime` from then."""
     ca = CertificateAuthority(x509.load_pem_x509_certificate(pki.ca.read_bytes()),
                               load_pem_private_key(pki.ca_key.read_bytes(), None))  # type: ignore[arg-type]
     now = datetime.now(timezone.utc)
-    serials = [(x509.load_pem_x509_certificate(pki.users[u].cert.read_bytes()).serial_number, now) for u in revoked_users]
-    return crl_pem(ca.issue_crl(serials, now=now - timedelta(seconds=1)))
+    serials = [(x509.load_pem_x509_certificate(pki.users[u].cert.read_bytes()).serial_number, now - age)
+               for u in revoked_users]
+    return crl_pem(ca.issue_crl(serials, now=now - age, lifetime=lifetime))
 
 
 @pytest.fixture
@@ -122,3 +128,50 @@ def test_the_grace_after_next_update_is_the_configured_time() -> None:
     assert in_grace(next_update, next_update + timedelta(seconds=10), 3600)
     assert not in_grace(next_update, next_update + timedelta(seconds=3601), 3600)  # failed closed
     assert not in_grace(next_update, next_update + timedelta(seconds=1), 0)  # default: at nextUpdate
+
+
+async def tls_attempt(pki: TestPki, port: int, user: str) -> None:
+    context = client_context(pki.users[user].cert, pki.users[user].key, pki.ca)
+    try:
+        reader, writer = await asyncio.open_connection(WAN_HOST, port, ssl=context, server_hostname="localhost")
+        async with asyncio.timeout(10):
+            await reader.read()
+        writer.close()
+    except (ssl.SSLError, ConnectionError):
+        pass
+
+
+@pytest.mark.parametrize("grace", [0.0, 7200.0])
+async def test_past_next_update_the_configured_grace_decides(pki: TestPki, tmp_path: Path, grace: float) -> None:
+    """A CRL whose nextUpdate passed an hour ago: with two hours of grace it still applies (revoked
+    refused, others admitted); without, the server has failed closed and says so."""
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(issue_crl(pki, ("revoked",), age=timedelta(hours=2), lifetime=timedelta(hours=1)))
+    config = server_config(pki)
+    config.asterisk.watch_conferences = False
+    config.tunnel.crl = crl
+    config.tunnel.crl_fail_closed_after = grace
+    app = ServerApp(config)
+    await app.start()
+    stack = Stack(pki, app)
+    tunnels = app.tunnels
+    assert tunnels is not None
+    try:
+        await tls_attempt(pki, stack.server_port, "revoked")
+        await wait_until(lambda: sum(tunnels.refused.values()) == 1, 5, "the revoked user refused")
+        if grace:
+            await stack.add_client("alice")
+            assert "revoked" in tunnels.refused
+            assert await metric(app, "stc_crl_failed_closed") == 0
+        else:
+            await tls_attempt(pki, stack.server_port, "alice")
+            await wait_until(lambda: sum(tunnels.refused.values()) == 2, 5, "alice refused too")
+            assert not tunnels.peers
+            assert await metric(app, "stc_crl_failed_closed") == 1
+            assert app.admin is not None
+            async with aiohttp.ClientSession() as http, http.get(app.admin.url + "/readyz") as response:
+                assert response.status == 503 and "FAIL CRL current" in await response.text()
+    finally:
+        for client in stack.clients.values():
+            await client.close()
+        await app.close()
