@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -18,9 +20,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from stack import WAN_HOST, Stack, server_config, wait_until
+from stack import WAN_HOST, Stack, client_config, free_tcp_port, server_config, wait_until
 from stc_asterisk.app import ServerApp
 from stc_asterisk.trust import in_grace
+from stc_client.app import ClientApp
 from stc_pki.pki import CertificateAuthority, crl_pem
 from stc_wire.tls import client_context
 from tests.certs import TestPki, make_test_pki
@@ -175,3 +178,56 @@ async def test_past_next_update_the_configured_grace_decides(pki: TestPki, tmp_p
         for client in stack.clients.values():
             await client.close()
         await app.close()
+
+
+async def test_sighup_reloads_the_crl_and_ends_a_revoked_tunnel(pki: TestPki, tmp_path: Path) -> None:
+    """The real program: `stc-server --config`, a CRL file changed, SIGHUP (no periodic recheck would
+    see it within the test), and the revoked user's tunnel is closed while the other stays."""
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(issue_crl(pki, ("revoked",)))
+    port = free_tcp_port()
+    config = tmp_path / "server.toml"
+    config.write_text(f"""[tunnel]
+listen_host = "{WAN_HOST}"
+listen_port = {port}
+cert = "{pki.server.cert}"
+key = "{pki.server.key}"
+ca_bundle = "{pki.ca}"
+crl = "{crl}"
+trust_recheck_interval = 3600
+
+[asterisk]
+watch_conferences = false
+
+[admin]
+port = 0
+""")
+    server = await asyncio.create_subprocess_exec(sys.executable, "-m", "stc_asterisk.cli", "--config", str(config),
+                                                  stderr=asyncio.subprocess.PIPE)
+    clients = []
+    try:
+        assert server.stderr is not None
+        async with asyncio.timeout(20):
+            while b"tunnel listening" not in await server.stderr.readline():
+                pass
+        drain = asyncio.ensure_future(server.stderr.read())  # a full pipe must not block the server
+        for user in ("alice", "bob"):
+            client = ClientApp(client_config(pki, user, port))
+            clients.append(client)
+            await client.start()
+            async with asyncio.timeout(10):
+                await client.tunnel_up.wait()
+        alice, bob = clients
+        crl.write_bytes(issue_crl(pki, ("revoked", "alice")))
+        server.send_signal(signal.SIGHUP)
+        await wait_until(lambda: not alice.tunnel_up.is_set(), 10, "alice's tunnel closed after SIGHUP")
+        assert bob.tunnel_up.is_set()
+    finally:
+        for client in clients:
+            await client.close()
+        if server.returncode is None:
+            server.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(20):
+                await server.wait()
+        if "drain" in locals():
+            await drain
