@@ -205,6 +205,7 @@ port = 0
     server = await asyncio.create_subprocess_exec(sys.executable, "-m", "stc_asterisk.cli", "--config", str(config),
                                                   stderr=asyncio.subprocess.PIPE)
     clients = []
+    drain: asyncio.Future[bytes] | None = None
     try:
         assert server.stderr is not None
         async with asyncio.timeout(20):
@@ -229,5 +230,5 @@ port = 0
             server.send_signal(signal.SIGTERM)
             async with asyncio.timeout(20):
                 await server.wait()
-        if "drain" in locals():
+        if drain is not None:
             await drain
