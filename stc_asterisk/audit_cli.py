@@ -26,19 +26,33 @@ def add_parser(sub: Any) -> None:
     audit = sub.add_parser("audit", help="check or read the audit trail ([audit] path)")
     actions = audit.add_subparsers(dest="audit_command", required=True)
     verify = actions.add_parser("verify", help="check the hash chain and the signatures; name the first broken record")
-    verify.add_argument("files", type=Path, nargs="+", help="audit files, oldest first (rotated files before the current one)")
+    verify.add_argument("files", type=Path, nargs="+", help="audit files (the current one and its rotated audit.jsonl.<time>)")
     verify.add_argument("--cert", type=Path, help="the server certificate whose key signed the log (default: the config's)")
     verify.add_argument("--config", type=Path, help="stc-server settings whose [tunnel] cert to use")
     verify.add_argument("--open", action="store_true", help="accept unsigned records at the end (a log still being written)")
     show = actions.add_parser("show", help="who was in which room and when")
-    show.add_argument("files", type=Path, nargs="+", help="audit files, oldest first")
+    show.add_argument("files", type=Path, nargs="+", help="audit files (the current one and its rotated ones)")
     show.add_argument("--room", help="only this room's events")
     show.add_argument("--since", type=_time_arg, help="from this time (ISO 8601, e.g. 2026-12-02 or 2026-12-02T09:00Z)")
     show.add_argument("--until", type=_time_arg, help="up to this time")
     show.add_argument("--all", action="store_true", help="also roster versions and signatures")
 
 
+def chain_order(paths: list[Path]) -> list[Path]:
+    """The files in the order of their first record's seq (a shell glob puts audit.jsonl before its
+    rotated audit.jsonl.<time> files); files whose first line does not parse keep their place at the end."""
+    def first_seq(path: Path) -> float:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                seq = json.loads(fh.readline()).get("seq")
+            return float(seq) if isinstance(seq, int) else float("inf")
+        except (OSError, ValueError, AttributeError):
+            return float("inf")
+    return sorted(paths, key=first_seq)
+
+
 def run(args: argparse.Namespace) -> int:
+    args.files = chain_order(args.files)
     if args.audit_command == "verify":
         return _verify(args)
     return _show(args)
@@ -114,6 +128,8 @@ def describe(record: dict[str, Any]) -> str:
     who = record.get("display_name") or record.get("subject") or ""
     if record.get("unauthenticated"):
         who = f"UNAUTHENTICATED {record.get('caller_id') or ''}".strip()
+    elif not who and record.get("caller_id"):
+        who = f"caller {record['caller_id']} (unverified)"
     if record.get("fingerprint"):
         who += f" [{str(record['fingerprint'])[:16]}]"
     shown = {"seq", "time", "event", "room", "prev", "hash", "display_name", "subject", "fingerprint", "unauthenticated",

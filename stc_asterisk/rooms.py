@@ -62,7 +62,7 @@ class RoomService:
         self.policy = RoomPolicy.from_mapping(config.rooms.policy)
         self.tokens: TokenBook[TokenGrant] = TokenBook(config.limits.token_ttl)
         ast = config.asterisk
-        self.admission = make_admission_handler(self.lookup_token, self.policy, self.on_admit)
+        self.admission = make_admission_handler(self.lookup_token, self.policy, self.on_admit, on_refuse=self.on_refuse)
         self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {"stc-admit": self.admission},
             allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source)
         self.ari = AriClient(ast.ari_url, ast.ari_user, ast.ari_password, ast.ari_app)
@@ -116,6 +116,10 @@ class RoomService:
         self._changed(self.conference.bind(request.uniqueid, identity))
         self.app.audit.record("admitted", room=room, channel_id=request.uniqueid, subject=identity.subject,
                               fingerprint=identity.fingerprint_sha256)
+
+    def on_refuse(self, request: AgiRequest, room: str, reason: str) -> None:
+        self.app.audit.record("admission-refused", room=room[:80], channel_id=request.uniqueid,
+                              caller_id=f"{request.calleridname} <{request.callerid}>", reason=reason)
 
     # -- Asterisk events ------------------------------------------------------------
     async def _ari_connected(self) -> None:

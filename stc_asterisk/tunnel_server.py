@@ -301,9 +301,12 @@ class TunnelServer:
 
     def _refuse(self, conn_id: str, address: tuple[str, int], reason: str, detail: str, der: bytes | None = None) -> None:
         self.refused[reason] += 1
-        self.audit.record("tunnel-refused", conn=conn_id, address=address[0], reason=reason, detail=detail[:300],
-                          **_certificate_fields(der))
-        self._refusals.refuse(reason, "[%s] refused %s:%d: %s (%s)", conn_id, address[0], address[1], reason, detail)
+        logged = self._refusals.refuse(reason, "[%s] refused %s:%d: %s (%s)", conn_id, address[0], address[1], reason, detail)
+        # A refusal with a certificate is always on the audit trail; one without (a flood of bare TCP or
+        # failed handshakes) as often as the log line, so nobody can fill the disk for free.
+        if der or logged:
+            self.audit.record("tunnel-refused", conn=conn_id, address=address[0], reason=reason, detail=detail[:300],
+                              **_certificate_fields(der))
 
     async def _serve(self, conn_id: str, address: tuple[str, int], reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, clog: logging.LoggerAdapter[logging.Logger]) -> None:

@@ -163,3 +163,18 @@ def test_cli_verify_names_the_broken_line(tmp_path: Path, capsys: pytest.Capture
     log_path.write_text("\n".join(texts) + "\n")
     assert main(["audit", "verify", str(log_path), "--cert", str(cert_path)]) == 1
     assert f"{log_path}:3: record 3 was edited" in capsys.readouterr().err
+
+
+def test_files_are_taken_in_chain_order_whatever_order_the_glob_gives(tmp_path: Path) -> None:
+    from stc_asterisk.audit_cli import chain_order
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, KEY, "srv", rotate_bytes=1500)
+    for i in range(12):
+        log.record("join", room="1000", subject=f"CN=user{i}")
+    log.close()
+    globbed = sorted(tmp_path.glob("audit.jsonl*"))  # audit.jsonl first, as a shell would
+    assert globbed[0] == path and len(globbed) >= 3
+    ordered = chain_order(globbed)
+    assert ordered[-1] == path
+    assert verify_records(read_lines(ordered), KEY.public_key()).ok

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from asterisk_lab import AmiClient, asterisk_rx, event_is
 from sipp import UAC_WAIT_BYE, Codec, SippCaller
@@ -75,6 +77,9 @@ async def test_a_conference_leaves_a_trail_nobody_can_quietly_edit(asterisk_lab:
             assert await call.wait_async(20) == 0, call.describe()
             await wait_until(lambda: not any(s.calls for s in server.sessions.values()), 10, "the call released")
             await asyncio.sleep(0.5)  # the last roster (the room empty) is pushed and audited
+        metrics = {s.name: s.value for f in text_string_to_metric_families(generate_latest(server.metrics.registry).decode())
+                   for s in f.samples if not s.labels}
+        assert metrics["stc_unauthenticated_channels_seen_total"] == metrics["stc_unauthenticated_channels_ejected_total"] == 1
     finally:
         for client in stack.clients.values():
             await client.close()
