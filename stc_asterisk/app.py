@@ -62,13 +62,17 @@ class ServerApp:
         settings = self.config.audit
         if settings.path is None:
             return
-        key = load_pem_private_key(self.config.tunnel.key.read_bytes(), password=None)
-        cert = x509.load_pem_x509_certificate(self.config.tunnel.cert.read_bytes())
-        signer = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+        key, signer = self._server_key()
         self._audit_log = AuditLog(settings.path, key, signer, rotate_bytes=settings.rotate_bytes)  # type: ignore[arg-type]
         self.audit = self._audit_log
         self._audit_signing = asyncio.create_task(supervise("the audit log's signing", self._sign_audit, log))
         self.audit.record("server-started", signer=signer)
+
+    def _server_key(self) -> tuple[object, str]:
+        """The TLS key and the SHA-256 of the certificate, which names the signer in the audit log."""
+        key = load_pem_private_key(self.config.tunnel.key.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(self.config.tunnel.cert.read_bytes())
+        return key, hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
     async def _sign_audit(self) -> None:
         while True:
@@ -111,6 +115,13 @@ class ServerApp:
             log.info("reload: room policy replaced")
         if self.tunnels is not None:
             await self.tunnels.reload()
+        if self._audit_log is not None:
+            try:
+                key, signer = self._server_key()
+            except (OSError, ValueError) as exc:
+                log.error("reload: the audit log keeps signing with the previous key: %s", exc)
+            else:
+                self._audit_log.change_key(key, signer)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         if self.admin is not None:

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -119,8 +119,12 @@ def read_lines(paths: Iterable[Path]) -> Iterator[Line]:
                 yield Line(str(path), number, text.rstrip("\n"))
 
 
-def verify_records(lines: Iterable[Line], public_key: PublicKey | None, *, allow_unsigned_tail: bool = False) -> Verdict:
-    """Check the chain line by line (and each signature, given the server's public key)."""
+def verify_records(lines: Iterable[Line], public_key: PublicKey | Sequence[PublicKey] | None, *,
+                   allow_unsigned_tail: bool = False) -> Verdict:
+    """Check the chain line by line, and each signature with the server's public key (or any of
+    several, for a log that spans a change of server key)."""
+    keys: tuple[PublicKey, ...] = () if public_key is None else \
+        tuple(public_key) if isinstance(public_key, Sequence) else (public_key,)
     head: str | None = None
     seq = 0
     records = signatures = 0
@@ -144,7 +148,7 @@ def verify_records(lines: Iterable[Line], public_key: PublicKey | None, *, allow
             return Verdict(records, signatures, f"{line.where}: record {record['seq']} does not follow record {seq} "
                                                 f"(a line before it was removed, or lines were reordered)")
         if record.get("event") == SIGNED:
-            if public_key is not None and not _signature_ok(record, public_key):
+            if keys and not any(_signature_ok(record, key) for key in keys):
                 return Verdict(records, signatures, f"{line.where}: the signature of record {record['seq']} "
                                                     f"does not verify with the server's key")
             signatures += 1
@@ -217,6 +221,14 @@ class AuditLog:
         self._write(self.chain.append(event, _now(), fields))
         if self._rotate_bytes and self._file.tell() >= self._rotate_bytes:
             self.rotate()
+
+    def change_key(self, key: PrivateKey, signer: str) -> None:
+        """A reloaded server key: what came before is signed with the old one, the rest with the new."""
+        if signer == self._signer:
+            return
+        self.sign()
+        self._key, self._signer = key, signer
+        self.record("signer-changed", signer=signer)
 
     def sign(self) -> None:
         """Sign the head if records were added since the last signature."""

@@ -27,7 +27,8 @@ def add_parser(sub: Any) -> None:
     actions = audit.add_subparsers(dest="audit_command", required=True)
     verify = actions.add_parser("verify", help="check the hash chain and the signatures; name the first broken record")
     verify.add_argument("files", type=Path, nargs="+", help="audit files (the current one and its rotated audit.jsonl.<time>)")
-    verify.add_argument("--cert", type=Path, help="the server certificate whose key signed the log (default: the config's)")
+    verify.add_argument("--cert", type=Path, action="append", help="a server certificate whose key signed the log "
+                        "(default: the config's); repeat it for a log that spans a change of server key")
     verify.add_argument("--config", type=Path, help="stc-server settings whose [tunnel] cert to use")
     verify.add_argument("--open", action="store_true", help="accept unsigned records at the end (a log still being written)")
     show = actions.add_parser("show", help="who was in which room and when")
@@ -66,23 +67,26 @@ def _time_arg(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _public_key(args: argparse.Namespace) -> PublicKey:
-    cert_path = args.cert
-    if cert_path is None:
+def _public_keys(args: argparse.Namespace) -> list[PublicKey]:
+    cert_paths = args.cert
+    if not cert_paths:
         try:
-            cert_path = load_config(ServerConfig, args.config).tunnel.cert
+            cert_paths = [load_config(ServerConfig, args.config).tunnel.cert]
         except ConfigError as exc:
             raise SystemExit(f"stc-server audit verify: {exc}") from None
-    try:
-        return x509.load_pem_x509_certificate(cert_path.read_bytes()).public_key()  # type: ignore[return-value]
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"stc-server audit verify: cannot read the server certificate {cert_path}: {exc}") from None
+    keys = []
+    for path in cert_paths:
+        try:
+            keys.append(x509.load_pem_x509_certificate(path.read_bytes()).public_key())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"stc-server audit verify: cannot read the server certificate {path}: {exc}") from None
+    return keys  # type: ignore[return-value]
 
 
 def _verify(args: argparse.Namespace) -> int:
-    key = _public_key(args)
+    keys = _public_keys(args)
     try:
-        verdict = verify_records(read_lines(args.files), key, allow_unsigned_tail=args.open)
+        verdict = verify_records(read_lines(args.files), keys, allow_unsigned_tail=args.open)
     except OSError as exc:
         print(f"stc-server audit verify: {exc}", file=sys.stderr)
         return 2

@@ -178,3 +178,16 @@ def test_files_are_taken_in_chain_order_whatever_order_the_glob_gives(tmp_path: 
     ordered = chain_order(globbed)
     assert ordered[-1] == path
     assert verify_records(read_lines(ordered), KEY.public_key()).ok
+
+
+def test_a_change_of_server_key_verifies_with_both_certificates(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, KEYS["ec"], "old")
+    log.record("join", room="1000", subject="CN=a")
+    log.change_key(KEYS["ed25519"], "new")
+    log.record("leave", room="1000", subject="CN=a")
+    log.close()
+    both = [KEYS["ec"].public_key(), KEYS["ed25519"].public_key()]
+    assert verify_records(read_lines([path]), both).ok
+    only_new = verify_records(read_lines([path]), KEYS["ed25519"].public_key())
+    assert only_new.error is not None and only_new.error.startswith(f"{path}:3: ")
