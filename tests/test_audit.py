@@ -190,4 +190,4 @@ def test_a_change_of_server_key_verifies_with_both_certificates(tmp_path: Path) 
     both = [KEYS["ec"].public_key(), KEYS["ed25519"].public_key()]
     assert verify_records(read_lines([path]), both).ok
     only_new = verify_records(read_lines([path]), KEYS["ed25519"].public_key())
-    assert only_new.error is not None and only_new.error.startswith(f"{path}:3: ")
+    assert only_new.error is not None and only_new.error.startswith(f"{path}:2: ")
