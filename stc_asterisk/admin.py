@@ -59,7 +59,13 @@ class AdminServer:
         self._runner = web.AppRunner(web_app, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise OSError(exc.errno, f"admin endpoints on {self._settings.host}:{self._settings.port}: {exc.strerror} "
+                                     f"(change [admin] port, or enabled = false)") from None
         log.info("admin endpoints on %s (/metrics, /healthz, /readyz)", self.url)
 
     async def close(self) -> None:

@@ -60,8 +60,11 @@ class TunnelSettings:
             raise ValueError("pending_handshakes, pending_handshakes_per_source: must be at least 1")
         if self.crl_url and not self.crl_url.startswith(("http://", "https://")):
             raise ValueError(f"crl_url: {self.crl_url!r} is not an http(s) URL")
-        if self.crl_refresh_interval <= 0 or self.crl_refresh_margin < 0 or self.crl_fail_closed_after < 0:
-            raise ValueError("crl_refresh_interval: must be positive; crl_refresh_margin, crl_fail_closed_after: not negative")
+        if self.crl_refresh_interval <= 0:
+            raise ValueError("crl_refresh_interval: must be positive")
+        for name in ("crl_refresh_margin", "crl_fail_closed_after"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must not be negative")
         if self.socket_send_buffer < 0:
             raise ValueError("socket_send_buffer: must be 0 (the kernel's) or a size in bytes")
 
