@@ -16,6 +16,7 @@ from stc_wire.tls import TlsSetupError
 from .app import ServerApp
 from .config import ServerConfig
 from .crl import CrlFetchError
+from .supervise import log_failure
 
 log = logging.getLogger("stc_asterisk")
 TOOLS = ("audit", "check")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             log.error("reload: %s (nothing changed)", exc)
             return
-        asyncio.ensure_future(app.reload(fresh))
+        asyncio.ensure_future(app.reload(fresh)).add_done_callback(log_failure(log, "reload on SIGHUP"))
 
     async def start() -> None:
         await app.start()
