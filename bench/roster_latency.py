@@ -76,6 +76,7 @@ from stc_client.config import (
     SipSettings,
 )
 from stc_pki.files import write_public, write_secret
+from tests.asterisk_lab import lab_secret  # the lab's ARI/AMI secrets, made when it started
 from stc_pki.pki import (
     CertificateAuthority,
     Validity,
@@ -160,7 +161,8 @@ def server_config(pki: BenchPki) -> ServerConfig:
     return ServerConfig(
         tunnel=TunnelSettings(listen_host=WAN_HOST, listen_port=0, cert=pki.server.cert, key=pki.server.key,
                               ca_bundle=pki.ca, crl=pki.crl),
-        asterisk=AsteriskSettings(sip_host=ASTERISK_SIP[0], sip_port=ASTERISK_SIP[1]),
+        asterisk=AsteriskSettings(sip_host=ASTERISK_SIP[0], sip_port=ASTERISK_SIP[1],
+                                  ari_password=lab_secret("ari-password"), ami_secret=lab_secret("ami-secret")),
         media=MediaSettings(wan_host=WAN_HOST, pbx_host=LOCAL),
         admin=AdminSettings(port=0),
     )

@@ -8,6 +8,13 @@
 #   scripts/asterisk-lab.sh check    setup + start + module check + stop
 #   scripts/asterisk-lab.sh status   exit 0 if Asterisk runs, 3 if not
 #   scripts/asterisk-lab.sh rx CMD   run `asterisk -rx CMD` inside the root
+#   scripts/asterisk-lab.sh secrets DIR   copy the running lab's ARI password and AMI secret to
+#                                    DIR/ari-password and DIR/ami-secret (0600), for stc-server
+#
+# The ARI password and AMI secret are made at the first `start` of a lab root (nothing secret is
+# in the repository) and kept in ROOT/var/lib/stc-lab-secrets/, so a restart keeps them; every
+# start copies them to ROOT/etc/stc-asterisk/stc-secrets/, which asterisk-conf's manager.conf
+# and ari.conf #include.
 #
 # Environment: STC_LAB_ROOT (default /var/lib/stc-lab/sid, outside the repo so every clone
 # reuses it), STC_ASTERISK_CONF (a config dir to use instead of asterisk-conf/; keep its
@@ -37,6 +44,8 @@ MESSAGES_LOG=$LAB_ROOT/var/log/asterisk/messages.log
 START_LOG=$LAB_ROOT/var/log/asterisk/stc-lab-start.log
 
 SIP_UDP_PORT=5080
+# Under the config dir: the ARI password and AMI secret made at start (see make_secrets).
+SECRETS_SUBDIR=stc-secrets
 AMI_TCP_PORT=5038
 HTTP_TCP_PORT=8088
 
@@ -49,7 +58,7 @@ MIN_ASTERISK_MAJOR=22
 REQUIRED_MODULES=(
     chan_pjsip res_pjsip res_pjsip_session res_pjsip_pubsub res_pjsip_sdp_rtp
     res_pjsip_endpoint_identifier_ip res_pjsip_header_funcs res_pjsip_nat res_pjproject
-    res_rtp_asterisk codec_ulaw codec_alaw
+    res_rtp_asterisk codec_ulaw codec_alaw codec_opus_open_source codec_g722
     app_confbridge bridge_softmix res_timing_timerfd
     res_agi pbx_config
     res_http_websocket res_websocket_client res_stasis res_ari res_ari_model
@@ -60,7 +69,7 @@ log() { printf 'asterisk-lab: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -244,12 +253,49 @@ check_ports_listening() {
     done
 }
 
+# make_secrets DIR: the lab's ARI password and AMI secret into DIR (made on the lab's first
+# start), unless the config dir brought its own.
+make_secrets() {
+    local dir=$1 store=$LAB_ROOT/var/lib/stc-lab-secrets ari ami
+    [[ -f $dir/ari-password.conf && -f $dir/ami-secret.conf ]] && return 0
+    (
+        umask 077
+        if [[ ! -s $store/ari-password || ! -s $store/ami-secret ]]; then
+            mkdir -p "$store"
+            head -c 24 /dev/urandom | base64 | tr '+/' '-_' >"$store/ari-password"
+            head -c 24 /dev/urandom | base64 | tr '+/' '-_' >"$store/ami-secret"
+            log "made a new ARI password and AMI secret in $store"
+        fi
+        ari=$(<"$store/ari-password")
+        ami=$(<"$store/ami-secret")
+        mkdir -p "$dir"
+        printf '%s\n' "$ari" >"$dir/ari-password"
+        printf '%s\n' "$ami" >"$dir/ami-secret"
+        printf '; from scripts/asterisk-lab.sh start; #included by ari.conf [stc]\npassword = %s\n' "$ari" >"$dir/ari-password.conf"
+        printf '; from scripts/asterisk-lab.sh start; #included by manager.conf [stc]\nsecret = %s\n' "$ami" >"$dir/ami-secret.conf"
+    )
+}
+
+cmd_secrets() {
+    local out=${1:-} src=$LAB_ROOT$CONF_DIR_IN_ROOT/$SECRETS_SUBDIR
+    [[ -n $out ]] || die "usage: $0 secrets DIR"
+    running_pid >/dev/null || die "Asterisk is not running (start it with '$0 start')"
+    [[ -f $src/ari-password && -f $src/ami-secret ]] ||
+        die "the running Asterisk has no generated secrets in $src (started by an older asterisk-lab.sh? stop and start it)"
+    (
+        umask 077
+        mkdir -p "$out"
+        cp "$src/ari-password" "$src/ami-secret" "$out"/
+    )
+}
+
 install_conf() {
     [[ -f $CONF_SRC/asterisk.conf ]] || die "no asterisk.conf in the config dir $CONF_SRC"
     local dest=$LAB_ROOT$CONF_DIR_IN_ROOT
     rm -rf -- "$dest"
     mkdir -p "$dest"
     cp -a "$CONF_SRC"/. "$dest"/
+    make_secrets "$dest/$SECRETS_SUBDIR"
     mkdir -p "$RUN_DIR" "$LAB_ROOT/var/log/asterisk" "$LAB_ROOT/var/lib/asterisk" "$LAB_ROOT/var/spool/asterisk"
 }
 
@@ -389,13 +435,14 @@ main() {
     stop) cmd_stop ;;
     check) cmd_check ;;
     status) cmd_status ;;
+    secrets) cmd_secrets "$@" ;;
     rx)
         (($#)) || die "usage: $0 rx 'CLI COMMAND'"
         running_pid >/dev/null || die "Asterisk is not running (start it with '$0 start')"
         ast_rx "$*"
         ;;
     -h | --help | help) usage ;;
-    *) die "unknown subcommand '$cmd' (setup, start, stop, check, status, rx)" ;;
+    *) die "unknown subcommand '$cmd' (setup, start, stop, check, status, rx, secrets)" ;;
     esac
 }
 

@@ -261,6 +261,12 @@ demo_channels() {
     done
 }
 
+# The address of the client's window as the client printed it (it carries the window's secret).
+window_url() {
+    grep -o "client window at http://127.0.0.1:${CLIENT_UI_PORT[$1]}/?token=[A-Za-z0-9_-]*" \
+        "${PROC_LOG["stc-client $1"]}" | tail -n 1 | sed 's/^client window at //' || true
+}
+
 # The client's status light (red/yellow/green) as its window reports it, or "down".
 client_light() {
     local json
@@ -403,8 +409,8 @@ Processes (logs in $(rel "$LOG_DIR")/):
                 config demo/server.toml, log $(rel "${PROC_LOG[stc-server]}")
 EOF
     for user in "${USERS[@]}"; do
-        printf '  stc-client    %-6s pid %-7s SIP udp/127.0.0.1:%s  window http://127.0.0.1:%s/\n' \
-            "$user" "$(pid_of "stc-client $user")" "${CLIENT_SIP_PORT[$user]}" "${CLIENT_UI_PORT[$user]}"
+        printf '  stc-client    %-6s pid %-7s SIP udp/127.0.0.1:%s  window %s\n' \
+            "$user" "$(pid_of "stc-client $user")" "${CLIENT_SIP_PORT[$user]}" "$(window_url "$user")"
         printf '                config demo/%s.toml, cert %s, log %s\n' \
             "$user" "$(rel "$PKI_DIR")/users/$user.pem" "$(rel "${PROC_LOG["stc-client $user"]}")"
     done
@@ -558,6 +564,8 @@ main() {
     trap 'exit 143' TERM
 
     start_asterisk
+    # stc-server has no built-in ARI/AMI secrets: the running lab's (demo/server.toml reads them).
+    lab secrets "$RUN_DIR/pbx-secrets" || die "cannot read the lab Asterisk's ARI/AMI secrets"
 
     say "stc-server (demo/server.toml)"
     start_process stc-server "$LOG_DIR/server.log" "$BIN/stc-server" --config demo/server.toml

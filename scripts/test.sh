@@ -15,6 +15,13 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 
+# A real softphone beside SIPp (tests/test_baresip_e2e.py): Debian's baresip, headless.
+if ! command -v baresip >/dev/null; then
+    printf '== %s\n' "installing baresip-core for the softphone tests" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends baresip-core >/dev/null
+fi
+
 # tests/test_service_units.py checks the systemd units with systemd-analyze.
 if ! command -v systemd-analyze >/dev/null; then
     printf '== %s\n' "installing systemd (systemd-analyze) for the unit file checks" >&2

@@ -204,6 +204,17 @@ class AmiClient:
         log.warning("ConfbridgeKick %s from %s refused: %s", channel, room, response.get("Message"))
         return False
 
+    async def command(self, command: str) -> str:
+        """The `Command` action: the CLI output as one text ("" if Asterisk refused the command)."""
+        response = await self.action({"Action": "Command", "Command": command})
+        message = response[0] if isinstance(response, list) else response
+        if not message.success:
+            log.debug("AMI Command %r refused: %s", command, message.get("Message"))
+            return ""
+        output = message.get("Output", "")
+        # Asterisk repeats the Output header once per line; panoramisk gives a list for that.
+        return "\n".join(output) if isinstance(output, list) else str(output)
+
     async def confbridge_list(self, room: str) -> list[dict[str, str]]:
         """`ConfbridgeList`: one dict per user (Channel, Uniqueid, CallerIDNum, CallerIDName, ...); [] if no such room."""
         response = await self.action({"Action": "ConfbridgeList", "Conference": room})

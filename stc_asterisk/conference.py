@@ -16,6 +16,8 @@ Decisions:
   listed (with its unverified caller id) and reported by `unauthenticated()` so
   the server can eject it. After a server restart every channel is unbound, so
   every participant is treated as unauthenticated: the server cannot vouch for them.
+- Hidden listeners (ChanSpy, MixMonitor, the ConfBridge recorder, snoops, recordings) are
+  followed by `stc_asterisk.listeners` and listed on the roster of the room they hear.
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ from datetime import datetime, timezone
 from typing import Any, Literal, Mapping, Sequence
 
 from stc_wire.identity import PeerIdentity
-from stc_wire.roster import Roster, RosterEntry, RosterError, identity_json, iso_utc, normalize_time
+from stc_wire.roster import (
+    Roster,
+    RosterEntry,
+    RosterError,
+    RosterListener,
+    identity_json,
+    iso_utc,
+    normalize_time,
+)
+
+from .listeners import ConciseChannel, HiddenListener, ListenerKey, ListenerTracker, resolve
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +105,7 @@ class ConferenceState:
         self._bind_seq = 0
         self._max_bindings = max_bindings
         self._announced_unknown: set[str] = set()  # rooms whose roster says 'unknown'
+        self._listeners = ListenerTracker()
 
     # --- queries ------------------------------------------------------------------
 
@@ -128,7 +141,45 @@ class ConferenceState:
         return tuple(sorted(result.values(), key=lambda e: (e.joined_at, e.channel_id)))
 
     def roster(self, room: str, *, server_id: str, version: int, issued_at: str) -> Roster:
-        return Roster(server_id, room, version, issued_at, self._status, self.entries(room))
+        listeners = tuple(
+            RosterListener(kind=li.kind, hears=li.hears, channel=li.channel_name, since=li.since,
+                           action=li.action or "shown")
+            for li in self.hidden_listeners(room)
+        )
+        return Roster(server_id, room, version, issued_at, self._status, self.entries(room), listeners)
+
+    def hidden_listeners(self, room: str | None = None) -> list[HiddenListener]:
+        """Listeners that hear a participant (or a whole room) now, in `room` or in every room."""
+        if self._status == "unknown":
+            return []
+        members = [
+            (self._bridge_rooms[bridge_id], m.channel_id, m.channel_name)
+            for bridge_id, ms in self._members.items()
+            for m in ms.values()
+        ]
+        found = resolve(self._listeners, members)
+        return [li for li in found if room is None or li.room == room]
+
+    def set_listener_action(self, key: ListenerKey, action: str, *, quiet: bool = False) -> set[str]:
+        """Record what the server did about a listener; the rooms whose roster changed (none if `quiet`:
+        the caller pushes that room's roster itself)."""
+        if quiet:
+            self._listeners.set_action(key, action)
+            return set()
+        with self._changes() as changed:
+            self._listeners.set_action(key, action)
+        return changed.rooms
+
+    def participant_channels(self) -> list[tuple[str, str]]:
+        """(channel id, channel name) of every participant, for the MixMonitor scan."""
+        return sorted({(m.channel_id, m.channel_name) for ms in self._members.values() for m in ms.values()})
+
+    def apply_scan(self, channels: Sequence[ConciseChannel], mixmonitors: Mapping[str, tuple[str, int]],
+                   *, now: datetime | None = None) -> set[str]:
+        """What an AMI scan found (see ListenerTracker.apply_scan); the rooms that changed."""
+        with self._changes() as changed:
+            self._listeners.apply_scan(channels, mixmonitors, now or now_utc())
+        return changed.rooms
 
     def unauthenticated(self, room: str | None = None) -> list[UnboundChannel]:
         """Channels in conference bridges without an admission binding (to eject)."""
@@ -191,7 +242,8 @@ class ConferenceState:
                     self._destroy_bridge(event["bridge"])
                 elif kind == "ChannelDestroyed":
                     self._destroy_channel(event["channel"])
-                else:
+                    self._listeners.apply_ari(event, now or now_utc())
+                elif not self._listeners.apply_ari(event, now or now_utc()):
                     log.debug("ARI event %r ignored", kind)
         except (KeyError, TypeError, AttributeError) as exc:
             log.debug("malformed ARI %r event ignored: %s: %s", kind, type(exc).__name__, exc)
@@ -264,6 +316,7 @@ class ConferenceState:
             if isinstance(channel, Mapping) and isinstance(channel.get("id"), str):
                 by_id[channel["id"]] = channel
         with self._changes() as changed:
+            self._listeners.rebuild(list(by_id.values()), now_utc())
             old_members = {cid: m for members in self._members.values() for cid, m in members.items()}
             self._bridge_rooms.clear()
             self._members.clear()
@@ -303,17 +356,22 @@ class ConferenceState:
             self._status = "unknown"
             self._bridge_rooms.clear()
             self._members.clear()
+            self._listeners.clear()
         return changed.rooms
 
     # --- AMI ----------------------------------------------------------------------
 
-    def apply_ami(self, event: Mapping[str, Any]) -> set[str]:
+    def apply_ami(self, event: Mapping[str, Any], *, now: datetime | None = None) -> set[str]:
         """Apply one AMI event (a panoramisk Message or a dict); returns the rooms that changed."""
         if not isinstance(event, Mapping):
             log.debug("AMI event that is not a mapping ignored")
             return set()
         fields = {str(k).lower(): v for k, v in event.items()}
         kind = fields.get("event")
+        with self._changes() as changed:
+            about_listener = self._listeners.apply_ami(fields, now or now_utc())
+        if about_listener:
+            return changed.rooms
         uniqueid = fields.get("uniqueid")
         if not isinstance(uniqueid, str) or not uniqueid:
             log.debug("AMI %r event without Uniqueid ignored", kind)
@@ -352,7 +410,11 @@ class ConferenceState:
                         (m.channel_id, m.channel_name, m.caller_name, m.caller_number, m.joined_at, m.talking,
                          bound.seq if bound else None)
                     )
-        return {room: (self._status, tuple(sorted(items))) for room, items in view.items()}
+        heard: dict[str, list[tuple[Any, ...]]] = {room: [] for room in view}
+        for li in self.hidden_listeners():
+            heard.setdefault(li.room, []).append((li.key, li.hears, li.channel_name, li.since, li.action, li.count))
+        return {room: (self._status, tuple(sorted(items)), tuple(sorted(heard.get(room, []))))
+                for room, items in view.items()}
 
     def _changes(self) -> "_ChangeTracker":
         return _ChangeTracker(self)

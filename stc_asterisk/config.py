@@ -82,15 +82,18 @@ class AsteriskSettings:
     # the sessions at once from one of them.
     fastagi_allowed: tuple[str, ...] = ()
     fastagi_sessions_per_source: int = 50
-    # ARI (membership) and AMI (talking, kick). The demo secrets of asterisk-conf/.
+    # ARI (membership) and AMI (talking, kick). There are no built-in secrets: each is given
+    # in the file or, better, as a file only stc-server can read (`*_file`, read once at start).
     ari_url: str = "http://127.0.0.1:8088"
     ari_user: str = "stc"
-    ari_password: str = "stc-demo-ari"
+    ari_password: str = ""
+    ari_password_file: Path | None = None
     ari_app: str = "stc"
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
     ami_user: str = "stc"
-    ami_secret: str = "stc-demo-ami"
+    ami_secret: str = ""
+    ami_secret_file: Path | None = None
     # Off only for a server that relays calls without watching rooms (no roster, no admission).
     watch_conferences: bool = True
 
@@ -105,6 +108,27 @@ class AsteriskSettings:
             raise ValueError("fastagi_sessions_per_source: must be at least 1")
         if not self.ari_url.startswith(("http://", "https://")):
             raise ValueError(f"ari_url: {self.ari_url!r} is not an http(s) URL")
+        if self.watch_conferences:
+            self.ari_password = _secret("ari_password", self.ari_password, self.ari_password_file, "ARI password")
+            self.ami_secret = _secret("ami_secret", self.ami_secret, self.ami_secret_file, "AMI secret")
+
+
+def _secret(name: str, value: str, path: Path | None, what: str) -> str:
+    """The secret `name` from the settings or from `{name}_file`; a clear error without one."""
+    if value and path is not None:
+        raise ValueError(f"{name}: set {name} or {name}_file, not both")
+    if path is not None:
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{name}_file: cannot read the {what} from {path}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not value:
+            raise ValueError(f"{name}_file: {path} is empty (it should hold the {what})")
+    if not value:
+        raise ValueError(f"{name}: no {what} set; give {name}_file (a file holding it) or {name} "
+                         f"(stc-server has no built-in secrets; it must match Asterisk's)")
+    return value
 
 
 @dataclass
@@ -117,10 +141,23 @@ class RoomSettings:
 
     unauthenticated: str = "eject"
     policy: dict[str, Any] = field(default_factory=dict)
+    # Something that hears a room without being in it (ChanSpy, MixMonitor, the ConfBridge
+    # recorder, an ARI snoop or recording): "stop" it (spy channels hung up, recordings stopped)
+    # or only "show" it on every roster (deployments that must record). Either way it is listed.
+    hidden_listeners: str = "stop"
+    # Per-room exceptions to `hidden_listeners`, e.g. {"1042" = "show"}.
+    hidden_listeners_per_room: dict[str, str] = field(default_factory=dict)
+
+    def hidden_listener_policy(self, room: str) -> str:
+        return self.hidden_listeners_per_room.get(room, self.hidden_listeners)
 
     def validate(self) -> None:
         if self.unauthenticated not in ("eject", "flag"):
             raise ValueError(f"unauthenticated: {self.unauthenticated!r} must be 'eject' or 'flag'")
+        for name, value in [("hidden_listeners", self.hidden_listeners),
+                            *((f"hidden_listeners_per_room.{r}", v) for r, v in self.hidden_listeners_per_room.items())]:
+            if value not in ("stop", "show"):
+                raise ValueError(f"{name}: {value!r} must be 'stop' or 'show'")
         from .fastagi import RoomPolicy
 
         try:

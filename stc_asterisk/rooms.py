@@ -5,7 +5,9 @@ Ties together: the per-call tokens the SIP relay puts on INVITEs, the FastAGI
 identity, ARI (membership, rebuilt on every reconnect) and AMI (talking,
 kick), and the signed roster pushed through the tunnel to every participant
 of a room on every change. A channel in a conference without an stc identity
-is listed as UNAUTHENTICATED and, by policy, ejected.
+is listed as UNAUTHENTICATED and, by policy, ejected. Anything else that hears a
+room (ChanSpy, MixMonitor, the ConfBridge recorder, ARI snoops and recordings) is
+listed on the roster too and, by the room's `hidden_listeners` policy, stopped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from stc_wire.roster import Roster, RosterEntry, RosterSigner, RosterVersions, i
 from .ami import AmiClient
 from .ari import AriClient
 from .conference import ConferenceState
+from .listeners import HiddenListener, concise_channels, mixmonitor_list_count
 from .fastagi import Admission, FastAgiServer, RoomPolicy, make_admission_handler
 from .fastagi.protocol import AgiRequest
 from .limits import TokenBook
@@ -67,13 +70,15 @@ class RoomService:
             allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source)
         self.ari = AriClient(ast.ari_url, ast.ari_user, ast.ari_password, ast.ari_app)
         self.ami = AmiClient(ast.ami_host, ast.ami_port, ast.ami_user, ast.ami_secret, on_event=self._ami_event,
-                             on_up=lambda: log.info("AMI up"), on_down=lambda exc: log.warning("AMI down: %s", exc))
+                             on_up=self._ami_up, on_down=lambda exc: log.warning("AMI down: %s", exc),
+                             event_patterns=("Confbridge*", "ChanSpy*", "MixMonitor*"))
         self._ari_task: asyncio.Task[None] | None = None
         self._push_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ejecting: set[str] = set()
         self._flagged: set[str] = set()  # UNAUTHENTICATED channels already counted as seen
         self._audited: dict[str, dict[str, RosterEntry]] = {}  # room -> channel -> entry, as last audited
+        self._scan_lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self.fastagi.start()
@@ -128,7 +133,33 @@ class RoomService:
         channels = await self.ari.get_channels()
         changed = self.conference.rebuild(bridges, channels, binding_mark=mark)
         log.info("conference state rebuilt from ARI: rooms %s", ", ".join(self.conference.rooms()) or "none")
+        if self.ami.up:
+            changed |= await self._scan_listeners()
         self._changed(changed | set(self.conference.rooms()))
+
+    async def _ami_up(self) -> None:
+        log.info("AMI up")
+        if self.ari.connected:
+            self._changed(await self._scan_listeners())
+
+    async def _scan_listeners(self) -> set[str]:
+        """What no event will tell again after a (re)connect: the ConfBridge recorders (internal
+        channels, invisible to ARI) and the MixMonitors on every participant's channel."""
+        async with self._scan_lock:
+            try:
+                channels = concise_channels(await self.ami.command("core show channels concise"))
+                mixmonitors = {}
+                for channel_id, name in self.conference.participant_channels():
+                    listing = await self.ami.command(f"mixmonitor list {name}")
+                    mixmonitors[channel_id] = (name, mixmonitor_list_count(listing))
+            except Exception as exc:
+                log.warning("scan for hidden listeners failed: %s", exc)
+                return set()
+        changed = self.conference.apply_scan(channels, mixmonitors)
+        found = self.conference.hidden_listeners()
+        log.info("scan for hidden listeners: %d found%s", len(found),
+                 "".join(f"; {li.kind} {li.channel_name} in room {li.room}" for li in found))
+        return changed
 
     def _ari_lost(self, exc: BaseException | None) -> None:
         log.warning("Asterisk unreachable (%s): conference state unknown until it is back", exc or "closed")
@@ -152,6 +183,7 @@ class RoomService:
     async def _push(self, rooms: set[str], changed_at: float) -> None:
         async with self._push_lock:  # versions go out in order; pushing only queues, never waits on a peer
             for room in sorted(rooms):
+                self._police_listeners(room)
                 self._push_room(room)
                 self.app.metrics.roster_pushed(time.monotonic() - changed_at)
         for room in sorted(rooms):
@@ -171,8 +203,8 @@ class RoomService:
                     session.peer.push(wire.RosterUpdate(signed))
                 except Exception as exc:  # that tunnel is closing; the others still get it
                     log.debug("roster to %s not sent: %s", session.peer.id, exc)
-        log.info("room %s roster v%d: %d participant(s), %d unauthenticated, state %s", room, version,
-                 len(roster.entries), len(roster.unauthenticated), roster.state)
+        log.info("room %s roster v%d: %d participant(s), %d unauthenticated, %d hidden listener(s), state %s", room,
+                 version, len(roster.entries), len(roster.unauthenticated), len(roster.listeners), roster.state)
 
     def _audit_membership(self, roster: Roster) -> None:
         """Joins and leaves since the room's last roster (none while the state is unknown: Asterisk
@@ -214,6 +246,67 @@ class RoomService:
             except Exception as exc:
                 log.error("could not eject %s: %s", channel.channel_name, exc)
                 self._ejecting.discard(channel.channel_id)
+
+    # -- hidden listeners ---------------------------------------------------------------
+    def _heard(self, listener: HiddenListener) -> str:
+        """Whom a listener hears, for the log: the certificate name (or the channel) or the room."""
+        if listener.hears == "room":
+            return f"the whole room {listener.room}"
+        identity = self.conference.binding(listener.hears)
+        who = identity.get("display_name") if identity else "an UNAUTHENTICATED caller"
+        return f"{who} ({listener.hears_name or listener.hears})"
+
+    def _police_listeners(self, room: str) -> None:
+        """Decide, before the roster goes out, what happens to each new listener: its roster line
+        then already says "stopping" or "shown"; the stop itself runs in the background."""
+        policy = self.app.config.rooms.hidden_listener_policy(room)
+        for listener in self.conference.hidden_listeners(room):
+            if listener.action is not None:
+                continue
+            heard = self._heard(listener)
+            if policy == "show":
+                log.warning("hidden listener in room %s: %s %s hears %s; shown on the roster (policy 'show')",
+                            room, listener.kind, listener.channel_name, heard)
+                self.conference.set_listener_action(listener.key, "shown", quiet=True)
+                continue
+            log.warning("hidden listener in room %s: %s %s hears %s; stopping it", room, listener.kind,
+                        listener.channel_name, heard)
+            self.conference.set_listener_action(listener.key, "stopping", quiet=True)
+            task = asyncio.get_running_loop().create_task(self._stop_listener(listener, heard))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _stop_listener(self, listener: HiddenListener, heard: str) -> None:
+        try:
+            done = await self._stop(listener)
+        except Exception as exc:
+            outcome = f"failed: {type(exc).__name__}: {exc}"[:200]
+            log.error("could not stop %s %s (hears %s): %s", listener.kind, listener.channel_name, heard, exc)
+        else:
+            outcome = "stopped" if done else "failed: Asterisk did not stop it"
+            log.warning("%s %s (heard %s in room %s): %s", listener.kind, listener.channel_name, heard,
+                        listener.room, outcome)
+        self._changed(self.conference.set_listener_action(listener.key, outcome))
+
+    async def _stop(self, listener: HiddenListener) -> bool:
+        family, name = listener.key
+        if family == "mixmonitor":
+            # StopMixMonitor without an id stops one instance: once per MixMonitor on the channel.
+            ok = True
+            for _ in range(max(listener.count, 1)):
+                response = await self.ami.action({"Action": "StopMixMonitor", "Channel": listener.channel_name})
+                ok = ok and not isinstance(response, list) and bool(response.success)
+            return ok
+        if family == "confbridge-record":
+            response = await self.ami.action({"Action": "ConfbridgeStopRecord", "Conference": name})
+            return not isinstance(response, list) and bool(response.success)
+        if family == "recording":
+            await self.ari.stop_recording(name)  # False: it had already ended
+            return True
+        if listener.channel_id is not None:
+            await self.ari.hangup_channel(listener.channel_id, reason="normal")  # False: already gone
+            return True
+        return False
 
 
 def _who(entry: RosterEntry) -> dict[str, Any]:

@@ -253,10 +253,6 @@ class TunnelCalls:
         if call is None:
             await self._refuse(invite, 488, "no media keys were agreed for this call")
             return False
-        if not invite.body:
-            await self._refuse(invite, 488, "stc needs an SDP offer in the INVITE")
-            self._release(call, "INVITE without SDP")
-            return False
         call.room = request_user(invite)
         if not call.token:  # a retransmitted INVITE carries the token its first copy got
             call.token = self.app.admissions.issue(self.peer, call.call_id, call.room) if self.app.admissions else ""

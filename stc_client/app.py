@@ -18,8 +18,9 @@ from stc_wire.srtp import SrtpProfile
 from .config import ClientConfig
 from .media import ClientMedia
 from .softphone import ClientCall, SoftphoneProxy
-from .state import ClientState
+from .state import ClientState, listener_message
 from .tunnel_client import ClientTunnel, TunnelRefused, open_tunnel
+from .window_secret import load_or_create_secret
 
 if TYPE_CHECKING:
     from .ui import UiServer
@@ -39,6 +40,7 @@ class ClientApp:
         self.window: UiServer | None = None
         self._want_window = window
         self._task: asyncio.Task[None] | None = None
+        self.faults = 0  # unexpected exceptions while serving a tunnel (each logged, then reconnected)
         self.rosters: deque[Roster] = deque(maxlen=100)  # every verified roster, newest last
         self._verifier: RosterVerifier | None = None
         self._verifier_key: object = None
@@ -46,22 +48,26 @@ class ClientApp:
         self._build(config)
 
     def _build(self, config: ClientConfig) -> None:
-        self.media = ClientMedia(config.server.host)
+        # The softphone's media ports live where its SIP does (127.0.0.1, or ::1 for an IPv6 phone).
+        self.media = ClientMedia(config.server.host, softphone_host=config.sip.listen_host)
         self.softphone = SoftphoneProxy(
             config.sip.listen_host, config.sip.listen_port, self.media,
             tuple(SrtpProfile.parse(p) for p in config.media.srtp_profiles), on_change=self._call_changed,
             softphone_timeout=config.sip.softphone_timeout, on_call_end=self._call_ended)
 
     async def start(self) -> None:
+        # A window secret that cannot be made or trusted stops the start before anything is bound.
+        secret = load_or_create_secret(self.config.ui.secret_path) if self._want_window else ""
         await self.softphone.start()
         if self._want_window:
             from .ui import UiServer
 
             # Settings saved from the window go to the config file in use (or a new ./stc-client.toml).
             window = UiServer(self.state, self.config_path or DEFAULT_CONFIG, host=self.config.ui.host,
-                              port=self.config.ui.port, apply_settings=self.apply_settings)
+                              port=self.config.ui.port, apply_settings=self.apply_settings, secret=secret)
             await window.start()
             self.window = window
+            # The one place the secret is shown: the address for the user to open (as Jupyter does).
             log.info("client window at %s", window.url)
         self._task = asyncio.create_task(self._keep_tunnel())
 
@@ -143,26 +149,47 @@ class ClientApp:
         self.state.set_roster(roster)
 
     async def _keep_tunnel(self) -> None:
+        """Keep a tunnel up for as long as the client runs: whatever goes wrong, say so and reconnect."""
         delay = 1.0
         while True:
             try:
-                self.tunnel = await open_tunnel(self.config, capabilities=CAPABILITIES)
-            except TunnelRefused as exc:
-                log.error("tunnel refused (%s): %s", exc.reason, exc)
-                self.state.tunnel_down(exc.reason, str(exc))
-            else:
-                delay = 1.0
-                self.softphone.tunnel_up(self.tunnel.send)
-                self.state.tunnel_up(self.tunnel.server_identity, self.tunnel.own_identity)
-                self.tunnel_up.set()
-                info = await self.tunnel.run(self.on_message)
-                self.tunnel_up.clear()
-                self.tunnel = None
-                await self.softphone.tunnel_lost(f"tunnel closed: {info.reason}")
-                log.warning("tunnel closed: %s", info.reason)
-                self.state.tunnel_down("tunnel-closed", f"the tunnel closed: {info.reason}")
+                if await self._serve_one_tunnel():
+                    delay = 1.0
+            except Exception:  # a message we could not handle, or a bug: never the end of the client
+                self.faults += 1
+                log.exception("stc-client fault while serving the tunnel; dropping it and reconnecting")
+                try:
+                    await self._tunnel_gone("client-fault", "stc-client hit an internal error and is reconnecting "
+                                            "(its log has the details)")
+                except Exception:
+                    log.exception("cleaning up after that fault failed too")
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.config.server.reconnect_max_delay)
+
+    async def _serve_one_tunnel(self) -> bool:
+        """Open a tunnel and serve it until it closes; False if it never came up."""
+        try:
+            self.tunnel = await open_tunnel(self.config, capabilities=CAPABILITIES)
+        except TunnelRefused as exc:
+            log.error("tunnel refused (%s): %s", exc.reason, exc)
+            self.state.tunnel_down(exc.reason, str(exc))
+            return False
+        self.softphone.tunnel_up(self.tunnel.send)
+        self.state.tunnel_up(self.tunnel.server_identity, self.tunnel.own_identity)
+        self.tunnel_up.set()
+        info = await self.tunnel.run(self.on_message)
+        log.warning("tunnel closed: %s", info.reason)
+        await self._tunnel_gone("tunnel-closed", f"the tunnel closed: {info.reason}")
+        return True
+
+    async def _tunnel_gone(self, reason_code: str, message: str) -> None:
+        """No tunnel any more: close it if it is still open, hang up the calls, turn the light red."""
+        self.tunnel_up.clear()
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            await tunnel.close(f"client: {reason_code}")  # a no-op when the tunnel closed by itself
+        await self.softphone.tunnel_lost(message)
+        self.state.tunnel_down(reason_code, message)
 
 
 def describe_roster(roster: Roster) -> str:
@@ -177,4 +204,7 @@ def describe_roster(roster: Roster) -> str:
             lines.append(f"  - {ident.get('display_name')} <{', '.join(ident.get('sip_uris') or ident.get('emails') or [])}> "
                          f"issuer {ident.get('issuer')}, SHA-256 {str(ident.get('fingerprint_sha256', ''))[:16]}..."
                          f"{' (talking)' if entry.talking else ''}")
+    heard = {e.channel_id: e for e in roster.entries}
+    for listener in roster.listeners:
+        lines.append(f"  !! NOT PRIVATE: {listener_message(listener, heard.get(listener.hears))} [{listener.channel}]")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from .app import DEFAULT_CONFIG, ClientApp
 from .config import ClientConfig
 from .status_cli import status_main
 from .tunnel_client import TunnelRefused, open_tunnel
+from .window_secret import WindowSecretError
 
 
 async def _check(config: ClientConfig) -> int:
@@ -46,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return asyncio.run(_check(config))
     app = ClientApp(config, config_path=args.config, window=True)
-    asyncio.run(run_until_signal(app.start, app.close))
+    try:
+        asyncio.run(run_until_signal(app.start, app.close))
+    except WindowSecretError as exc:
+        print(f"stc-client: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from stc_wire.config import check_log_level, check_srtp_profiles, port_ok
 
+from .window_secret import default_secret_path
+
 
 @dataclass
 class ServerSettings:
@@ -44,6 +46,9 @@ class IdentitySettings:
     cert: Path = Path("pki/users/alice.pem")
     key: Path = Path("pki/users/alice.key")
     ca_bundle: Path = Path("pki/ca.pem")
+    # The CA's certificate revocation list (PEM): a revoked or unlisted-CA server certificate is
+    # refused, and so is every server while the CRL is out of date (fail-closed). None: no check.
+    crl: Path | None = None
     # A PKCS#12 bundle used instead of cert/key when set.
     pkcs12: Path | None = None
     pkcs12_passphrase: str = ""
@@ -82,6 +87,12 @@ class UiSettings:
 
     host: str = "127.0.0.1"
     port: int = 8765
+    # The window's secret (stc_client/window_secret.py); default $XDG_CONFIG_HOME/stc-client/window-secret.
+    secret_file: Path | None = None
+
+    @property
+    def secret_path(self) -> Path:
+        return self.secret_file or default_secret_path()
 
     def validate(self) -> None:
         if not port_ok(self.port) and self.port != 0:

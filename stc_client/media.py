@@ -81,6 +81,7 @@ class _ClientCall:
         # Keep-alives are their own SRTP stream: this SSRC is never the translator's output SSRC.
         self.keepalive_ssrc = random.getrandbits(32)
         self.keepalive_protector: SrtpProtector | None = None
+        self.rtcp_mux = False  # the softphone sends and takes RTCP on its RTP port
         self.server_rtp = SecurePeer(latching=False, label=f"call {tag}: server RTP")
         self.server_rtcp = SecurePeer(latching=False, label=f"call {tag}: server RTCP")
         self.softphone_rtp = PlainPeer(softphone_host)
@@ -115,6 +116,13 @@ class _ClientCall:
             while self.stats.outbound_packets > before:  # media flows: nothing to add
                 before = self.stats.outbound_packets
                 await asyncio.sleep(interval)
+
+    def from_softphone_rtp_port(self, data: bytes, source: Address) -> None:
+        # RFC 5761: with rtcp-mux, RTCP (packet types 192-223 in the second byte) shares the port.
+        if self.rtcp_mux and len(data) > 1 and 192 <= data[1] <= 223:
+            self.rtcp_out.handle(data, source)
+        else:
+            self.rtp_out.handle(data, source)
 
     def forget_keys(self) -> None:
         self.rtp_in.unprotect = self.rtcp_in.unprotect = None
@@ -179,7 +187,7 @@ class ClientMedia:
                 call.transports.append(transport)
                 return transport  # type: ignore[no-any-return]
 
-            local_rtp = await endpoint(call.rtp_out.handle, ipv6_local, sock=local_socks[0])
+            local_rtp = await endpoint(call.from_softphone_rtp_port, ipv6_local, sock=local_socks[0])
             del local_socks[0]
             local_rtcp = await endpoint(call.rtcp_out.handle, ipv6_local, sock=local_socks[0])
             del local_socks[0]
@@ -200,6 +208,14 @@ class ClientMedia:
         )
         logger.info("call %s: media open, softphone side %s", call_tag, ports)
         return ports
+
+    def set_rtcp_mux(self, call_tag: str) -> None:
+        """The softphone multiplexes RTCP on its RTP port (RFC 5761), and so do we towards it:
+        its RTCP arrives on our RTP port, and the server's RTCP leaves from there to its RTP port."""
+        call = self._call(call_tag)
+        call.rtcp_mux = True
+        call.rtcp_in.send = call.rtp_in.send
+        call.rtcp_in.plain_peer = call.rtcp_out.plain_peer = call.softphone_rtp
 
     def set_softphone_media(self, call_tag: str, host: str, rtp_port: int, rtcp_port: int) -> None:
         """The softphone's RTP/RTCP address from its SDP (else latched from its first packet)."""
@@ -229,6 +245,7 @@ class ClientMedia:
         call.rtcp_in.unprotect = unprotector.unprotect_rtcp
         if call.keepalive is None:
             call.keepalive = asyncio.get_running_loop().create_task(call.keep_latched(KEEPALIVE_INTERVAL))
+            call.keepalive.add_done_callback(_log_if_failed)
         logger.info(
             "call %s: SRTP keys installed (%s), server media at %s:%s/%s",
             call_tag, keys.profile.value, self._server_ip, server_rtp_port, server_rtcp_port,
@@ -269,3 +286,9 @@ class ClientMedia:
 
 def _unbound(packet: bytes, address: Address) -> None:
     raise OSError("media transport not ready")
+
+
+def _log_if_failed(task: asyncio.Task[None]) -> None:
+    """A call's keep-alive task that died of a bug says so (with its traceback) instead of vanishing."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("a call's media keep-alive stopped on an unexpected error", exc_info=task.exception())

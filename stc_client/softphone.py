@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 
 from stc_wire import messages as wire
 from stc_wire.media_keys import KeyAgreement, KeyAgreementError, Side
-from stc_wire.sdp import RelayRefused, SdpError, audio_endpoint
+from stc_wire.sdp import RelayRefused, SdpError, audio_endpoint, offers_rtcp_mux
 from stc_wire.sip import (
     SipParseError,
     SipRequest,
@@ -88,6 +88,7 @@ class ClientCall:
     probe_sent_at: float = 0.0
     alive_at: float = 0.0  # loop time of the softphone's last sign of life (media, SIP)
     media_seen: int = -1  # softphone packets counted at the last check
+    rtcp_mux: bool = False  # the softphone offered RTCP on its RTP port (RFC 5761) and got it
     end_reason: str = ""
 
     @property
@@ -261,7 +262,8 @@ class SoftphoneProxy:
                 return
             call.max_cseq = max(call.max_cseq, request.cseq[0])
             call.alive_at = asyncio.get_running_loop().time()
-            if request.method == "INVITE" and request.to_tag is not None:
+            if (request.method == "INVITE" and request.to_tag is not None) or (request.method == "ACK" and request.body):
+                # A re-offer, or the answer to a late offer: where the phone takes its media now.
                 try:
                     sd = sdp_of(request)
                     if sd is not None:
@@ -284,9 +286,9 @@ class SoftphoneProxy:
         assert self._send is not None
         try:
             sd = sdp_of(invite)
-            if sd is None:
-                raise RelayRefused("no SDP offer in the INVITE (stc needs one to key the media)")
-            endpoint = audio_endpoint(sd)
+            # No SDP: a late offer. Keys do not depend on it; the offer comes in the 200 OK and
+            # the phone's answer in its ACK, both rewritten like any other.
+            endpoint = audio_endpoint(sd) if sd is not None else None
         except (RelayRefused, SdpError) as exc:
             self._refuse(invite, addr, 488, str(exc))
             return None
@@ -308,7 +310,12 @@ class SoftphoneProxy:
         except OSError as exc:
             self._refuse(invite, addr, 503, f"no local media ports: {exc}")
             return None
-        self.media.set_softphone_media(stream_id, _local_if_unspecified(endpoint.address, addr), endpoint.rtp_port, endpoint.rtcp_port)
+        if endpoint is not None:
+            self.media.set_softphone_media(stream_id, _local_if_unspecified(endpoint.address, addr),
+                                           endpoint.rtp_port, endpoint.rtcp_port)
+        if sd is not None and offers_rtcp_mux(sd):
+            call.rtcp_mux = True
+            self.media.set_rtcp_mux(stream_id)
         self.calls[call.key] = call
         assert call.agreement is not None
         await self._send(wire.MediaOffer(stream_id, invite.call_id, tuple(p.value for p in self.profiles), call.agreement.public_bytes))
@@ -418,7 +425,7 @@ class SoftphoneProxy:
         if call is not None and call.ports is not None:
             ports = call.ports
             try:
-                rewrite_sdp(msg, self.host, ports.softphone_rtp_port, ports.softphone_rtcp_port)
+                rewrite_sdp(msg, self.host, ports.softphone_rtp_port, ports.softphone_rtcp_port, rtcp_mux=call.rtcp_mux)
             except (RelayRefused, SdpError) as exc:
                 log.error("server SDP cannot be relayed (Call-ID %s): %s", msg.call_id, exc)
                 return

@@ -13,13 +13,15 @@ Snapshot schema (`ClientState.snapshot()`, JSON-ready, `schema` = 1):
 
     schema        1
     seq           int, grows by one on every change
-    light         "red" | "yellow" | "green"
-    label         "Not connected" | "Connected, no call" | "In a secure call"
+    light         "red" | "yellow" | "green" | "amber"
+    label         "Not connected" | "Connected, no call" | "In a secure call" | "In a call that is NOT private"
+                  (amber: in a call, but the roster lists an UNAUTHENTICATED channel or a listener)
     reason        human sentence: why red, or what yellow/green means
     reason_code   red: a TunnelRefused reason (server-unreachable,
-                  server-certificate-rejected, refused-by-server, tls-failed,
-                  protocol-error, bad-local-settings) or not-connected,
-                  tunnel-closed; null otherwise
+                  server-certificate-rejected, server-certificate-revoked,
+                  refused-by-server, tls-failed, protocol-error,
+                  bad-local-settings) or not-connected, tunnel-closed,
+                  client-fault; null otherwise
     reason_label  short words for reason_code ("server unreachable", ...), or null
     since         ISO 8601 UTC: when the light last changed colour or reason
     server        PeerIdentity.to_json() of the server, or null
@@ -33,10 +35,20 @@ Snapshot schema (`ClientState.snapshot()`, JSON-ready, `schema` = 1):
                    "caller_id", "channel_name"}
                   (identity fields are null for an UNAUTHENTICATED row; caller_id is
                   what Asterisk claims, unverified)
+    listeners     list of {"kind", "hears", "hears_name", "channel", "since", "action",
+                  "message"}: what else hears the room (the roster's listeners), "message"
+                  in words ("Alice's line is being recorded (MixMonitor): stc is stopping it")
     warnings      list of {"kind", "message"}; kind is "unauthenticated" (a channel
-                  without a certificate is in the room), "roster-rejected" (a roster's
-                  signature/version/room did not check out; stays until the call or
-                  tunnel ends) or "roster-unknown" (the server cannot see the room)
+                  without a certificate is in the room), "listener" (one per listener),
+                  "roster-rejected" (a roster's signature/version/room did not check out;
+                  stays until the call or tunnel ends) or "roster-unknown" (the server
+                  cannot see the room)
+    history       list of {"at", "kind", "message"}, oldest first: everything the rosters of
+                  the current (or last) call showed, kept after it is gone: who joined and
+                  left, UNAUTHENTICATED channels and how long they stayed, listeners and
+                  what became of them. kind: "joined", "left", "unauthenticated",
+                  "unauthenticated-gone", "listener", "listener-changed", "listener-gone".
+                  Cleared when the next call starts.
 """
 
 from __future__ import annotations
@@ -50,17 +62,19 @@ from types import TracebackType
 from typing import Any, Literal
 
 from stc_wire.identity import PeerIdentity
-from stc_wire.roster import Roster, RosterEntry, RosterRejected, iso_utc
+from stc_wire.roster import Roster, RosterEntry, RosterListener, RosterRejected, iso_utc
 
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
-Light = Literal["red", "yellow", "green"]
+Light = Literal["red", "yellow", "green", "amber"]
+MAX_HISTORY = 500
 
 LIGHT_LABELS: dict[str, str] = {
     "red": "Not connected",
     "yellow": "Connected, no call",
     "green": "In a secure call",
+    "amber": "In a call that is NOT private",
 }
 
 # Short words for why the light is red; the long sentence comes from the exception.
@@ -68,11 +82,13 @@ REASON_LABELS: dict[str, str] = {
     "not-connected": "not connected yet",
     "server-unreachable": "server unreachable",
     "server-certificate-rejected": "server certificate wrong",
+    "server-certificate-revoked": "server certificate REVOKED",
     "refused-by-server": "refused certificate",
     "tls-failed": "TLS failed",
     "protocol-error": "protocol error",
     "bad-local-settings": "bad local settings",
     "tunnel-closed": "tunnel closed",
+    "client-fault": "client error",
 }
 
 
@@ -167,6 +183,7 @@ class ClientState:
         self._roster: Roster | None = None
         self._roster_received_at: datetime | None = None
         self._rejection: RosterRejection | None = None
+        self._history: list[dict[str, str]] = []
         self._subscribers: set[StateSubscription] = set()
 
     # -- read ------------------------------------------------------------------
@@ -175,7 +192,16 @@ class ClientState:
     def light(self) -> Light:
         if not self._tunnel_up:
             return "red"
-        return "green" if self._call is not None else "yellow"
+        if self._call is None:
+            return "yellow"
+        roster = self._roster
+        if roster is not None and (roster.unauthenticated or roster.listeners):
+            return "amber"
+        return "green"
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        return list(self._history)
 
     @property
     def seq(self) -> int:
@@ -230,12 +256,22 @@ class ClientState:
         self._me = dict(me) if me is not None else None
         self._changed()
 
+    def _not_private(self) -> str:
+        roster = self._roster
+        if roster is None:
+            return ""
+        me = (self._me or {}).get("fingerprint_sha256")
+        said = [listener_row(li, roster, me)["message"] for li in roster.listeners]
+        said += [f"UNAUTHENTICATED channel {e.channel_name} ({_claim(e)}) is in the conference" for e in roster.unauthenticated]
+        return "NOT private: " + "; ".join(said) + "." if said else ""
+
     def call_started(self, room: str, srtp_profile: str, since: datetime | None = None) -> None:
         """In a secure call (green) in `room`, media protected with `srtp_profile`."""
         if not self._tunnel_up:
             raise RuntimeError("a call cannot start without a tunnel")
         when = since or self._clock()
         self._call = CallInfo(room, srtp_profile, when)
+        self._history = []
         self._reason = f"in a secure call in room {room}, media protected with {srtp_profile}"
         self._since = when
         self._changed()
@@ -256,6 +292,8 @@ class ClientState:
         """A roster the client has verified (a Roster or its JSON); None clears it."""
         if roster is not None and not isinstance(roster, Roster):
             roster = Roster.from_json(dict(roster))
+        if roster is not None:
+            self._record_history(self._roster, roster)
         self._roster = roster
         self._roster_received_at = self._clock() if roster is not None else None
         self._changed()
@@ -272,6 +310,48 @@ class ClientState:
         self._rejection = RosterRejection(reason, text, self._clock(), count)
         log.warning("roster refused (%s): %s", reason, text)
         self._changed()
+
+    def _record_history(self, old: Roster | None, new: Roster) -> None:
+        """What changed from the last roster of this call to `new`, in words, at `new`'s issue time."""
+        if old is not None and old.room != new.room:
+            old = None
+        at = new.issued_at
+        me = (self._me or {}).get("fingerprint_sha256")
+        before = {e.channel_id: e for e in old.entries} if old else {}
+        after = {e.channel_id: e for e in new.entries}
+        events: list[tuple[str, str]] = []
+        for cid, e in after.items():
+            if cid in before:
+                continue
+            if e.identity is None:
+                events.append(("unauthenticated", f"UNAUTHENTICATED channel {e.channel_name} "
+                                                  f"({_claim(e)}) entered the conference"))
+            else:
+                events.append(("joined", f"{_who(e, me)} joined"))
+        for cid, e in before.items():
+            if cid in after:
+                continue
+            if e.identity is None:
+                stayed = _duration(e.joined_at, at)
+                events.append(("unauthenticated-gone", f"UNAUTHENTICATED channel {e.channel_name} ({_claim(e)}) "
+                                                       f"is gone{stayed}"))
+            else:
+                events.append(("left", f"{_who(e, me)} left"))
+        entries = {**before, **after}
+        old_listeners = {_listener_key(li): li for li in (old.listeners if old else ())}
+        new_listeners = {_listener_key(li): li for li in new.listeners}
+        for key, li in new_listeners.items():
+            previous = old_listeners.get(key)
+            if previous is None:
+                events.append(("listener", listener_message(li, entries.get(li.hears), me)))
+            elif previous.action != li.action:
+                events.append(("listener-changed", listener_message(li, entries.get(li.hears), me)))
+        for key, li in old_listeners.items():
+            if key not in new_listeners:
+                events.append(("listener-gone", f"{listener_message(li, entries.get(li.hears), me, action=False)}: "
+                                                f"no longer{_duration(li.since, at, ' after')}"))
+        self._history.extend({"at": at, "kind": kind, "message": message} for kind, message in events)
+        del self._history[:-MAX_HISTORY]
 
     def _end_call(self) -> None:
         self._call = None
@@ -299,7 +379,7 @@ class ClientState:
             "seq": self._seq,
             "light": light,
             "label": LIGHT_LABELS[light],
-            "reason": self._reason,
+            "reason": self._not_private() if light == "amber" else self._reason,
             "reason_code": self._reason_code if light == "red" else None,
             "reason_label": REASON_LABELS.get(self._reason_code or "", self._reason_code) if light == "red" else None,
             "since": iso_utc(self._since),
@@ -319,7 +399,9 @@ class ClientState:
                 "received_at": iso_utc(self._roster_received_at or self._since),
             },
             "participants": [] if roster is None else [participant_row(e, me_fingerprint) for e in roster.entries],
+            "listeners": [] if roster is None else [listener_row(li, roster, me_fingerprint) for li in roster.listeners],
             "warnings": self._warnings(),
+            "history": list(self._history),
         }
 
     def _warnings(self) -> list[dict[str, str]]:
@@ -333,6 +415,10 @@ class ClientState:
                 "message": f"{n} UNAUTHENTICATED channel{'s' if n > 1 else ''} in this conference "
                 f"(no certificate; anyone could be listening): {who}",
             })
+        if roster is not None:
+            me = (self._me or {}).get("fingerprint_sha256")
+            for li in roster.listeners:
+                warnings.append({"kind": "listener", "message": listener_row(li, roster, me)["message"]})
         if self._rejection is not None:
             r = self._rejection
             times = f" ({r.count} refused in this call)" if r.count > 1 else ""
@@ -393,3 +479,83 @@ def participant_row(entry: RosterEntry, me_fingerprint: str | None = None) -> di
         "caller_id": None,
         "channel_name": entry.channel_name,
     }
+
+
+# What each kind of listener does, in words a person understands: (about one participant, about the room).
+_LISTENER_WORDS: dict[str, tuple[str, str]] = {
+    "mixmonitor": ("{whose} line is being recorded (MixMonitor)", "the conference is being recorded (MixMonitor)"),
+    "confbridge-record": ("{whose} line is being recorded (conference recording)",
+                          "the whole conference is being recorded (ConfBridge recording)"),
+    "chanspy": ("{who} is being listened to from another line (ChanSpy)",
+                "someone may be listening in on the conference from another line (ChanSpy)"),
+    "snoop": ("{who} is being listened to through the PBX's programming interface (ARI snoop)",
+              "the conference is being listened to through the PBX's programming interface (ARI snoop)"),
+    "recording": ("{whose} line is being recorded through the PBX's programming interface (ARI recording)",
+                  "the conference is being recorded through the PBX's programming interface (ARI recording)"),
+    "external-media": ("{whose} audio is being sent out of the PBX (external media)",
+                       "the conference's audio is being sent out of the PBX (external media)"),
+}
+_ACTION_WORDS = {"stopping": "stc is stopping it", "stopped": "stopped by stc",
+                 "shown": "allowed by the server's policy, it goes on"}
+
+
+def listener_message(listener: RosterListener, heard: RosterEntry | None, me_fingerprint: str | None = None,
+                     *, action: bool = True) -> str:
+    """`Alice's line is being recorded (MixMonitor): stc is stopping it`."""
+    one, room = _LISTENER_WORDS.get(
+        listener.kind, ("{who} can be heard by something outside the conference (" + listener.kind + ")",
+                        "the conference can be heard by something outside it (" + listener.kind + ")"))
+    if listener.hears_room or heard is None:
+        text = room
+    else:
+        is_me = bool(me_fingerprint) and heard.identity is not None and \
+            heard.identity.get("fingerprint_sha256") == me_fingerprint
+        who = "you" if is_me else heard.display_name if heard.identity else f"UNAUTHENTICATED {heard.channel_name}"
+        whose = "your" if is_me else f"{who}'s"
+        text = one.format(who=who, whose=whose)
+        if is_me:
+            text = text.replace("you is", "you are")
+    text = text[0].upper() + text[1:]
+    if not action:
+        return text
+    if listener.action.startswith("failed: "):
+        return f"{text}: stc could not stop it ({listener.action[len('failed: '):]})"
+    return f"{text}: {_ACTION_WORDS.get(listener.action, listener.action)}"
+
+
+def listener_row(listener: RosterListener, roster: Roster, me_fingerprint: str | None = None) -> dict[str, Any]:
+    heard = next((e for e in roster.entries if e.channel_id == listener.hears), None)
+    return {
+        "kind": listener.kind,
+        "hears": listener.hears,
+        "hears_name": "the whole conference" if heard is None else heard.display_name,
+        "channel": listener.channel,
+        "since": listener.since,
+        "action": listener.action,
+        "message": listener_message(listener, heard, me_fingerprint),
+    }
+
+
+def _listener_key(listener: RosterListener) -> tuple[str, str, str]:
+    return (listener.kind, listener.channel, listener.hears)
+
+
+def _who(entry: RosterEntry, me_fingerprint: str | None) -> str:
+    if entry.identity is not None and me_fingerprint and entry.identity.get("fingerprint_sha256") == me_fingerprint:
+        return f"{entry.display_name} (you)"
+    return entry.display_name
+
+
+def _claim(entry: RosterEntry) -> str:
+    return f"claims to be {entry.caller_id}" if entry.caller_id else "no caller id"
+
+
+def _duration(start: str, end: str, prefix: str = " after") -> str:
+    """` after 5 ms` between two roster times, or "" if they cannot be compared."""
+    try:
+        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except ValueError:
+        return ""
+    if seconds < 0:
+        return ""
+    return f"{prefix} {seconds * 1000:.0f} ms" if seconds < 10 else f"{prefix} {seconds:.1f} s"

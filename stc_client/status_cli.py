@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from .config import ClientConfig
+from .window_secret import WindowSecretError, read_secret
 
 TIMEOUT = 3.0
 
@@ -23,14 +24,19 @@ def status_url(host: str, port: int) -> str:
     return f"http://{host}:{port}/api/status"
 
 
-def fetch_status(host: str, port: int, timeout: float = TIMEOUT) -> dict[str, Any]:
+def fetch_status(host: str, port: int, secret: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The window's snapshot, asked with the window's secret (an Authorization header, never in the URL)."""
     url = status_url(host, port)
+    request = urllib.request.Request(url, headers={"Authorization": f"token {secret}"})
     try:
         # No proxy: the client's window is on loopback, whatever http_proxy says.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(url, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             body = response.read(4 * 1024 * 1024)
     except urllib.error.HTTPError as exc:
+        if exc.code == 403:
+            raise ClientNotRunning(f"{url} refused the window secret (HTTP 403): is that stc-client started "
+                                   "by this user with these settings?") from None
         raise ClientNotRunning(f"{url} answered HTTP {exc.code}: is that stc-client?") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -103,6 +109,10 @@ def render_status(s: dict[str, Any]) -> str:
                 table.append([f"UNAUTHENTICATED {r.get('channel_name', '')}", claim, "-", "-", "-",
                               "yes" if r.get("talking") else "no", _clock(r.get("joined_at"))])
         lines.extend(_table(table))
+    history = s.get("history") or []
+    if history:
+        lines.append("History of this call:")
+        lines.extend(f"  {_clock(h.get('at'))}  {h.get('message', '')}" for h in history)
     return "\n".join(lines) + "\n"
 
 
@@ -111,8 +121,8 @@ def status_main(config: ClientConfig, as_json: bool, *, out: TextIO | None = Non
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        snapshot = fetch_status(config.ui.host, config.ui.port)
-    except ClientNotRunning as exc:
+        snapshot = fetch_status(config.ui.host, config.ui.port, read_secret(config.ui.secret_path))
+    except (ClientNotRunning, WindowSecretError) as exc:
         print(f"stc-client: {exc}", file=err)
         return 1
     if as_json:

@@ -26,10 +26,12 @@ from .config import ClientConfig
 
 log = logging.getLogger(__name__)
 AGENT = "stc-client/0.1"
+X509_V_ERR_CERT_REVOKED = 23  # OpenSSL's verify code for a certificate on the CRL
 
 
 class TunnelRefused(Exception):
-    """The tunnel could not be opened. `reason`: server-unreachable, server-certificate-rejected, refused-by-server, protocol-error."""
+    """The tunnel could not be opened. `reason`: server-unreachable, server-certificate-rejected,
+    server-certificate-revoked, refused-by-server, protocol-error, tls-failed, bad-local-settings."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -60,8 +62,9 @@ async def open_tunnel(config: ClientConfig, *, capabilities: tuple[str, ...] = (
     ident = config.identity
     try:
         ctx = client_context(ident.cert, ident.key, ident.ca_bundle, pkcs12=ident.pkcs12,
-                             pkcs12_passphrase=ident.pkcs12_passphrase)
-    except Exception as exc:
+                             pkcs12_passphrase=ident.pkcs12_passphrase, crl=ident.crl)
+        trust = TrustAnchors.load(ident.ca_bundle, ident.crl)
+    except Exception as exc:  # TlsSetupError, TrustAnchorsError: files that cannot be used
         raise TunnelRefused("bad-local-settings", str(exc)) from None
     try:
         async with asyncio.timeout(server.connect_timeout):
@@ -72,6 +75,10 @@ async def open_tunnel(config: ClientConfig, *, capabilities: tuple[str, ...] = (
     except TimeoutError:
         raise TunnelRefused("server-unreachable", f"no answer from {server.host}:{server.port} within {server.connect_timeout:g} s") from None
     except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code == X509_V_ERR_CERT_REVOKED:
+            raise TunnelRefused("server-certificate-revoked",
+                                f"the server at {server.host}:{server.port} shows a certificate its CA has revoked "
+                                f"(it is on the CRL {ident.crl}): not connecting") from None
         raise TunnelRefused("server-certificate-rejected",
                             f"the server at {server.host}:{server.port} is not trusted as {server.expected_name!r}: {describe_ssl_error(exc)}") from None
     except ssl.SSLError as exc:
@@ -82,11 +89,11 @@ async def open_tunnel(config: ClientConfig, *, capabilities: tuple[str, ...] = (
     ssl_object = writer.get_extra_info("ssl_object")
     server_der = ssl_object.getpeercert(binary_form=True)
     try:
-        trust = TrustAnchors.load(ident.ca_bundle, None)
         server_identity = check_server_certificate(server_der, trust, server.expected_name, datetime.now(timezone.utc))
     except CertificateRejected as exc:
         writer.close()
-        raise TunnelRefused("server-certificate-rejected", f"server certificate refused: {exc}") from None
+        reason = "server-certificate-revoked" if exc.reason == "revoked" else "server-certificate-rejected"
+        raise TunnelRefused(reason, f"server certificate refused: {exc}") from None
 
     stream = TunnelStream(
         reader, writer, TunnelConnection(Role.CLIENT, capabilities=capabilities, agent=AGENT),

@@ -15,6 +15,12 @@ non-ASCII kept as is). The signature covers `b"stc-roster-v1\\0" | algorithm |
 payload`, so a signature cannot be replayed under another algorithm or taken
 for another kind of stc message.
 
+Listeners: besides the entries, a roster may carry `listeners`, everything else in Asterisk that
+hears the room or one participant without being in the bridge (ChanSpy, MixMonitor, the ConfBridge
+recorder, ARI snoop channels, ...), and what the server did about each. The key is left out when
+there is none, so a roster without listeners is byte for byte what older clients already accept
+(and an older client refuses, rather than silently shows, a roster it cannot fully display).
+
 Versions: a roster's `version` is per room and must grow; `RosterVersions`
 starts each room at the current time in microseconds, so a restarted server
 never reissues a version a client has already seen (unless its clock went back).
@@ -175,6 +181,56 @@ class RosterEntry:
         return (self.joined_at, self.channel_id)
 
 
+LISTENER_KINDS = ("chanspy", "snoop", "mixmonitor", "confbridge-record", "recording", "external-media", "other")
+HEARS_ROOM = "room"
+# What the server did: it is stopping it, it stopped it (and waits for Asterisk to confirm),
+# it only shows it (policy 'show'), or "failed: <why>".
+LISTENER_ACTIONS = ("stopping", "stopped", "shown")
+MAX_ACTION_CHARS = 200
+
+
+@dataclass(frozen=True)
+class RosterListener:
+    """Something that hears a participant (or the whole room) without being a participant."""
+
+    kind: str  # one of LISTENER_KINDS; a client shows an unknown kind as "other"
+    hears: str  # the heard participant's channel_id, or "room"
+    channel: str  # the listening channel (ChanSpy's, Snoop/..., CBRec/...) or, for MixMonitor, the recorded one
+    since: str  # ISO 8601 UTC
+    action: str  # one of LISTENER_ACTIONS, or "failed: <why>"
+
+    def __post_init__(self) -> None:
+        for name in ("kind", "hears", "channel", "action"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise RosterError(f"listener {name} must be a non-empty string")
+        if len(self.action) > MAX_ACTION_CHARS:
+            raise RosterError(f"listener action longer than {MAX_ACTION_CHARS} characters")
+        if self.action not in LISTENER_ACTIONS and not self.action.startswith("failed: "):
+            raise RosterError(f"listener action {self.action[:40]!r} is not one of {LISTENER_ACTIONS} or 'failed: ...'")
+        object.__setattr__(self, "since", normalize_time(self.since, "listener since"))
+
+    @property
+    def hears_room(self) -> bool:
+        return self.hears == HEARS_ROOM
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "hears": self.hears, "channel": self.channel, "since": self.since,
+                "action": self.action}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "RosterListener":
+        if not isinstance(obj, dict):
+            raise RosterError("a listener must be an object")
+        expected = {"kind", "hears", "channel", "since", "action"}
+        if set(obj) != expected:
+            raise RosterError(f"listener keys must be {sorted(expected)}, got {sorted(obj)}")
+        return cls(**obj)
+
+    def _sort_key(self) -> tuple[str, str, str, str]:
+        return (self.since, self.kind, self.channel, self.hears)
+
+
 @dataclass(frozen=True)
 class Roster:
     """One room's participants, as of `issued_at`. Entries are kept sorted by (joined_at, channel_id)."""
@@ -185,6 +241,8 @@ class Roster:
     issued_at: str
     state: RosterState = "ok"  # 'unknown': Asterisk unreachable, entries are empty
     entries: tuple[RosterEntry, ...] = field(default=())
+    # Who else hears the room; kept sorted by (since, kind, channel, hears).
+    listeners: tuple[RosterListener, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not isinstance(self.server_id, str) or not self.server_id:
@@ -205,6 +263,16 @@ class Roster:
         if len({e.channel_id for e in entries}) != len(entries):
             raise RosterError("a channel appears twice")
         object.__setattr__(self, "entries", tuple(sorted(entries, key=RosterEntry._sort_key)))
+        listeners = tuple(self.listeners)
+        channel_ids = {e.channel_id for e in entries}
+        for listener in listeners:
+            if not isinstance(listener, RosterListener):
+                raise RosterError("listeners must be RosterListener values")
+            if not listener.hears_room and listener.hears not in channel_ids:
+                raise RosterError(f"listener {listener.channel} hears {listener.hears!r}, not a channel of this roster")
+        if len({(li.kind, li.channel, li.hears) for li in listeners}) != len(listeners):
+            raise RosterError("a listener appears twice")
+        object.__setattr__(self, "listeners", tuple(sorted(listeners, key=RosterListener._sort_key)))
 
     @property
     def unauthenticated(self) -> tuple[RosterEntry, ...]:
@@ -223,7 +291,7 @@ class Roster:
             "issued_at": self.issued_at,
             "state": self.state,
             "entries": [e.to_json() for e in self.entries],
-        }
+        } | ({"listeners": [li.to_json() for li in self.listeners]} if self.listeners else {})
 
     def canonical_bytes(self) -> bytes:
         return canonical_json(self.to_json())
@@ -233,8 +301,11 @@ class Roster:
         if not isinstance(obj, dict):
             raise RosterError("a roster must be an object")
         expected = {"format", "server_id", "room", "version", "issued_at", "state", "entries"}
-        if set(obj) != expected:
-            raise RosterError(f"roster keys must be {sorted(expected)}, got {sorted(obj)}")
+        if set(obj) - {"listeners"} != expected:
+            raise RosterError(f"roster keys must be {sorted(expected)} (and 'listeners'), got {sorted(obj)}")
+        listeners = obj.get("listeners", [])
+        if not isinstance(listeners, list) or ("listeners" in obj and not listeners):
+            raise RosterError("listeners must be a non-empty list when present")
         if obj["format"] != ROSTER_FORMAT:
             raise RosterError(f"unsupported roster format {obj['format']!r}")
         if not isinstance(obj["entries"], list):
@@ -246,6 +317,7 @@ class Roster:
             issued_at=obj["issued_at"],
             state=obj["state"],
             entries=tuple(RosterEntry.from_json(e) for e in obj["entries"]),
+            listeners=tuple(RosterListener.from_json(li) for li in listeners),
         )
 
     @classmethod

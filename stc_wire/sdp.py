@@ -620,3 +620,26 @@ def _rewrite_audio(
         first_attribute = next((i for i, (kind, _) in enumerate(lines) if kind == "a"), len(lines))
         lines.insert(first_attribute, ("a", f"rtcp:{rtcp_port}"))
     return replace(section, port=port, port_count=None, lines=tuple(lines))
+
+
+def _active_audio_index(sd: SessionDescription) -> int | None:
+    return next((i for i, m in enumerate(sd.media) if m.kind == "audio" and m.is_active), None)
+
+
+def offers_rtcp_mux(sd: SessionDescription) -> bool:
+    """True if the active audio stream offers RTCP multiplexed on its RTP port (RFC 5761)."""
+    index = _active_audio_index(sd)
+    if index is None:
+        return False
+    return sd.media[index].attribute("rtcp-mux") is not None or sd.attribute("rtcp-mux") is not None
+
+
+def with_rtcp_mux(sd: SessionDescription) -> SessionDescription:
+    """The description with `a=rtcp-mux` on its active audio stream (an answer accepting it)."""
+    index = _active_audio_index(sd)
+    if index is None or sd.media[index].attribute("rtcp-mux") is not None:
+        return sd
+    media = list(sd.media)
+    section = media[index]
+    media[index] = replace(section, lines=(*section.lines, ("a", "rtcp-mux")))
+    return SessionDescription(sd.lines, tuple(media))

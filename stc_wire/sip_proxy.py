@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .sdp import AudioEndpoint, SessionDescription, SdpError, audio_endpoint, rewrite_for_relay
+from .sdp import AudioEndpoint, SessionDescription, SdpError, audio_endpoint, rewrite_for_relay, with_rtcp_mux
 from .sip import BRANCH_MAGIC_COOKIE, SipMessage, SipRequest, SipResponse, make_via, parse_name_addr, parse_via
 
 SDP_TYPE = "application/sdp"
@@ -61,13 +61,19 @@ def sdp_of(message: SipMessage) -> SessionDescription | None:
     return SessionDescription.from_bytes(message.body)
 
 
-def rewrite_sdp(message: SipMessage, host: str, rtp_port: int, rtcp_port: int) -> AudioEndpoint | None:
-    """Point the message's SDP at our relay; returns where the sender wanted media. RelayRefused propagates."""
+def rewrite_sdp(message: SipMessage, host: str, rtp_port: int, rtcp_port: int, *,
+                rtcp_mux: bool = False) -> AudioEndpoint | None:
+    """Point the message's SDP at our relay; returns where the sender wanted media. RelayRefused propagates.
+
+    `rtcp_mux`: RTCP shares the RTP port on our side, and the SDP says so (a=rtcp-mux).
+    """
     sd = sdp_of(message)
     if sd is None:
         return None
     endpoint = audio_endpoint(sd)
-    rewritten = rewrite_for_relay(sd, address=host, port=rtp_port, rtcp_port=rtcp_port)
+    rewritten = rewrite_for_relay(sd, address=host, port=rtp_port, rtcp_port=rtp_port if rtcp_mux else rtcp_port)
+    if rtcp_mux:
+        rewritten = with_rtcp_mux(rewritten)
     message.set_body(rewritten.to_bytes(), SDP_TYPE)
     return endpoint
 

@@ -1,7 +1,7 @@
 """TLS 1.3 contexts for the tunnel, both sides mutually authenticated.
 
-OpenSSL verifies during the handshake (chain, validity, the EKU purpose, the
-CRL on the server side); stc_wire.identity then re-checks the same things in
+OpenSSL verifies during the handshake (chain, validity, the EKU purpose, and
+the CRL when one is configured); stc_wire.identity then re-checks the same things in
 pure code after the handshake and turns the certificate into an identity.
 """
 
@@ -38,7 +38,9 @@ def server_context(cert: Path, key: Path, ca_bundle: Path, crl: Path | None) -> 
 
 
 def client_context(cert: Path, key: Path, ca_bundle: Path, *, pkcs12: Path | None = None,
-                   pkcs12_passphrase: str = "") -> ssl.SSLContext:
+                   pkcs12_passphrase: str = "", crl: Path | None = None) -> ssl.SSLContext:
+    """With `crl`, OpenSSL refuses a revoked server certificate during the handshake, before this
+    client has shown its own certificate."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED are on
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     if pkcs12 is not None:
@@ -46,6 +48,9 @@ def client_context(cert: Path, key: Path, ca_bundle: Path, *, pkcs12: Path | Non
     else:
         _load("client certificate/key", cert, lambda: ctx.load_cert_chain(cert, key))
     _load("CA bundle", ca_bundle, lambda: ctx.load_verify_locations(cafile=str(ca_bundle)))
+    if crl is not None:
+        _load("CRL", crl, lambda: ctx.load_verify_locations(cafile=str(crl)))
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
 
 

@@ -1,7 +1,8 @@
 """Test helpers for the real Asterisk lab (scripts/asterisk-lab.sh) and its AMI.
 
 The lab's Asterisk runs in a Debian sid chroot on the host's network namespace; these
-constants match asterisk-conf/. The demo secrets are accepted from 127.0.0.1 only.
+constants match asterisk-conf/. Its ARI password and AMI secret are made at every lab start
+(scripts/asterisk-lab.sh) and read from the lab root here; they are accepted from 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -32,12 +33,10 @@ SIP_ENDPOINT = "stc-server"
 AMI_HOST = "127.0.0.1"
 AMI_PORT = 5038
 AMI_USER = "stc"
-AMI_SECRET = "stc-demo-ami"
 
 ARI_HOST = "127.0.0.1"
 ARI_PORT = 8088
 ARI_USER = "stc"
-ARI_PASSWORD = "stc-demo-ari"
 ARI_URL = f"http://{ARI_HOST}:{ARI_PORT}/ari"
 
 # The dialplan's AGI(agi://127.0.0.1:4573/stc-admit) in asterisk-conf/extensions.conf: the one fixed
@@ -45,6 +44,8 @@ ARI_URL = f"http://{ARI_HOST}:{ARI_PORT}/ari"
 # test sessions out of the lab meanwhile); tests without the lab take a free port.
 FASTAGI_PORT = 4573
 _started_here = False
+LAB_ROOT = Path(os.environ.get("STC_LAB_ROOT", "/var/lib/stc-lab/sid"))
+LAB_SECRETS = LAB_ROOT / "etc" / "stc-asterisk" / "stc-secrets"
 
 # The first setup builds a root (about 40 s on a good mirror); allow slow mirrors.
 SETUP_TIMEOUT_S = 900.0
@@ -55,6 +56,17 @@ EventPredicate = Callable[[AmiMessage], bool]
 
 class LabError(RuntimeError):
     """scripts/asterisk-lab.sh failed; the message carries its stderr."""
+
+
+def lab_secret(name: str) -> str:
+    """The running lab's "ari-password" or "ami-secret" (made when the lab started).
+
+    Before the lab has ever started there is none: a random stand-in, which Asterisk refuses.
+    """
+    try:
+        return (LAB_SECRETS / name).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return f"no-lab-{name}-{os.urandom(8).hex()}"
 
 
 class AmiError(RuntimeError):
@@ -182,8 +194,9 @@ class AmiClient:
         host: str = AMI_HOST,
         port: int = AMI_PORT,
         username: str = AMI_USER,
-        secret: str = AMI_SECRET,
+        secret: str | None = None,
     ) -> None:
+        secret = secret if secret is not None else lab_secret("ami-secret")
         self._config = {"host": host, "port": port, "username": username, "secret": secret}
         self._manager: Manager | None = None
         self.events: list[AmiMessage] = []

@@ -86,8 +86,12 @@ _live_callers: weakref.WeakSet[SippCaller] = weakref.WeakSet()
 _handed_out_ports: set[int] = set()
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _udp_port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    with socket.socket(_family(host), socket.SOCK_DGRAM) as probe:
         try:
             probe.bind((host, port))
         except OSError:
@@ -102,7 +106,7 @@ def free_udp_port(host: str = "127.0.0.1", *, span: int = 1, even: bool = False)
     callers of one test run cannot collide with each other.
     """
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        with socket.socket(_family(host), socket.SOCK_DGRAM) as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
         if even and port % 2:
@@ -197,7 +201,7 @@ class SippCaller:
         }
         cmd = [
             SIPP_BINARY,
-            f"{self.target_host}:{self.target_port}",
+            f"[{self.target_host}]:{self.target_port}" if ":" in self.target_host else f"{self.target_host}:{self.target_port}",
             "-sf", str(self.scenario),
             "-nostdin",  # it runs in the background
             "-m", "1",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asterisk_lab
-from asterisk_lab import FASTAGI_PORT, SIP_HOST, SIP_PORT
+from asterisk_lab import FASTAGI_PORT, SIP_HOST, SIP_PORT, lab_secret
 from sipp import free_udp_port
 
 from stc_asterisk.app import ServerApp
@@ -42,26 +42,30 @@ from tests.certs import TestPki
 WAN_HOST = "127.0.0.2"
 
 
-def server_config(pki: TestPki, *, listen_port: int = 0, unauthenticated: str = "eject", **media: object) -> ServerConfig:
-    """`listen_port` 0: any free port; `unauthenticated`: the rooms' policy ("eject" or "flag")."""
+def server_config(pki: TestPki, *, listen_port: int = 0, unauthenticated: str = "eject", hidden_listeners: str = "stop",
+                  listen_host: str = WAN_HOST, **media: object) -> ServerConfig:
+    """`listen_port` 0: any free port; `unauthenticated` ("eject" or "flag") and `hidden_listeners`
+    ("stop" or "show"): the rooms' policies."""
     return ServerConfig(
-        tunnel=TunnelSettings(listen_host=WAN_HOST, listen_port=listen_port, cert=pki.server.cert, key=pki.server.key,
+        tunnel=TunnelSettings(listen_host=listen_host, listen_port=listen_port, cert=pki.server.cert, key=pki.server.key,
                               ca_bundle=pki.ca, crl=pki.crl, keepalive_interval=2, keepalive_timeout=6),
         # The lab's dialplan calls FastAGI on its fixed port; without the lab, any free port.
-        asterisk=AsteriskSettings(sip_host=SIP_HOST, sip_port=SIP_PORT,
+        asterisk=AsteriskSettings(sip_host=SIP_HOST, sip_port=SIP_PORT, ari_password=lab_secret("ari-password"),
+                                  ami_secret=lab_secret("ami-secret"),
                                   fastagi_port=FASTAGI_PORT if asterisk_lab.lab_started_here() else 0),
         media=replace(MediaSettings(wan_host=WAN_HOST, pbx_host="127.0.0.1"), **media),  # type: ignore[arg-type]
-        rooms=RoomSettings(unauthenticated=unauthenticated),
+        rooms=RoomSettings(unauthenticated=unauthenticated, hidden_listeners=hidden_listeners),
         admin=AdminSettings(port=0),  # /metrics, /healthz, /readyz on a free loopback port
     )
 
 
-def client_config(pki: TestPki, user: str, server_port: int, profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)) -> ClientConfig:
+def client_config(pki: TestPki, user: str, server_port: int, profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",),
+                  *, server_host: str = WAN_HOST, sip_host: str = "127.0.0.1") -> ClientConfig:
     return ClientConfig(
-        server=ServerSettings(host=WAN_HOST, port=server_port, name="localhost", keepalive_interval=2,
+        server=ServerSettings(host=server_host, port=server_port, name="localhost", keepalive_interval=2,
                               keepalive_timeout=6, reconnect_max_delay=2),
         identity=IdentitySettings(cert=pki.users[user].cert, key=pki.users[user].key, ca_bundle=pki.ca),
-        sip=SipSettings(listen_host="127.0.0.1", listen_port=0),
+        sip=SipSettings(listen_host=sip_host, listen_port=0),
         media=ClientMediaSettings(srtp_profiles=profiles),
     )
 
@@ -85,7 +89,7 @@ def write_client_config(pki: TestPki, user: str, server_port: int, config_dir: P
         "identity": {"cert": str(i.cert), "key": str(i.key), "ca_bundle": str(i.ca_bundle)},
         "sip": {"listen_host": config.sip.listen_host, "listen_port": free_udp_port(config.sip.listen_host)},
         "media": {"srtp_profiles": list(profiles)},
-        "ui": {"host": "127.0.0.1", "port": 0},
+        "ui": {"host": "127.0.0.1", "port": 0, "secret_file": str(config_dir / f"{user}-window-secret")},
     }
     config_dir.mkdir(parents=True, exist_ok=True)
     path = config_dir / f"{user}.toml"
@@ -112,11 +116,13 @@ class Stack:
         return self.server.tunnels.port
 
     async def add_client(self, user: str, profiles: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",), *,
-                         config_dir: Path | None = None) -> ClientApp:
+                         config_dir: Path | None = None, server_host: str = WAN_HOST,
+                         sip_host: str = "127.0.0.1") -> ClientApp:
         """A client whose tunnel is up. With `config_dir`, it runs from a config file written there and
         serves its window (`client.window.url`), as write_client_config() describes."""
         if config_dir is None:
-            client = ClientApp(client_config(self.pki, user, self.server_port, profiles))
+            client = ClientApp(client_config(self.pki, user, self.server_port, profiles, server_host=server_host,
+                                             sip_host=sip_host))
             await client.start()
         else:
             client = await start_window_client(write_client_config(self.pki, user, self.server_port, config_dir, profiles))
@@ -131,9 +137,10 @@ class Stack:
 
 @asynccontextmanager
 async def stc_stack(pki: TestPki, users: tuple[str, ...] = (), *, listen_port: int = 0, unauthenticated: str = "eject",
-                    **media: object) -> AsyncIterator[Stack]:
+                    hidden_listeners: str = "stop", listen_host: str = WAN_HOST, **media: object) -> AsyncIterator[Stack]:
     """A started server (see server_config for the options) and a client per user, all closed on exit."""
-    server = ServerApp(server_config(pki, listen_port=listen_port, unauthenticated=unauthenticated, **media))
+    server = ServerApp(server_config(pki, listen_port=listen_port, unauthenticated=unauthenticated,
+                                     hidden_listeners=hidden_listeners, listen_host=listen_host, **media))
     await server.start()
     stack = Stack(pki, server)
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from asterisk_lab import AMI_PORT, AMI_SECRET, AMI_USER, ARI_PASSWORD, ARI_URL, ARI_USER, FASTAGI_PORT, asterisk_rx
+from asterisk_lab import AMI_PORT, AMI_USER, ARI_URL, ARI_USER, FASTAGI_PORT, asterisk_rx, lab_secret
 from stc_asterisk.check import run_checks
 from stc_asterisk.config import AsteriskSettings, ServerConfig
 
@@ -17,16 +17,17 @@ pytestmark = pytest.mark.asterisk
 
 
 def lab_settings(**changes: object) -> ServerConfig:
-    values: dict[str, object] = dict(ami_port=AMI_PORT, ami_user=AMI_USER, ami_secret=AMI_SECRET, ari_url=ARI_URL,
-                                     ari_user=ARI_USER, ari_password=ARI_PASSWORD, fastagi_port=FASTAGI_PORT)
+    values: dict[str, object] = dict(ami_port=AMI_PORT, ami_user=AMI_USER, ami_secret=lab_secret("ami-secret"),
+                                     ari_url=ARI_URL, ari_user=ARI_USER, ari_password=lab_secret("ari-password"),
+                                     fastagi_port=FASTAGI_PORT)
     values.update(changes)
     return ServerConfig(asterisk=AsteriskSettings(**values))  # type: ignore[arg-type]
 
 
 def test_check_passes_on_the_lab(asterisk_lab: str, tmp_path: Path) -> None:
     config = tmp_path / "server.toml"
-    config.write_text(f'[asterisk]\nami_user = "{AMI_USER}"\nami_secret = "{AMI_SECRET}"\nari_url = "{ARI_URL}"\n'
-                      f'ari_user = "{ARI_USER}"\nari_password = "{ARI_PASSWORD}"\nfastagi_port = {FASTAGI_PORT}\n')
+    config.write_text(f'[asterisk]\nami_user = "{AMI_USER}"\nami_secret = "{lab_secret("ami-secret")}"\nari_url = "{ARI_URL}"\n'
+                      f'ari_user = "{ARI_USER}"\nari_password = "{lab_secret("ari-password")}"\nfastagi_port = {FASTAGI_PORT}\n')
     done = subprocess.run([sys.executable, "-m", "stc_asterisk.cli", "check", "--config", str(config)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -282,7 +282,8 @@ def test_status_table_in_a_call() -> None:
     state = in_call()
     state.set_roster(roster(entry("c1", ALICE, 0), entry("c2", ZOE_ID, 1, talking=True), entry("x", None, 2, caller="Mallory")))
     text = render_status(state.snapshot())
-    assert "Status:   GREEN - In a secure call" in text
+    # An UNAUTHENTICATED channel in the room: the call is not private.
+    assert "Status:   AMBER - In a call that is NOT private" in text
     assert "Call:     room 1000, SRTP AEAD_AES_128_GCM" in text
     assert "!! WARNING (unauthenticated)" in text
     lines = text.splitlines()

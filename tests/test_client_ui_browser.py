@@ -27,6 +27,7 @@ from stc_client.config import ClientConfig
 from stc_client.state import ClientState
 from stc_client.status_cli import ClientNotRunning, fetch_status, render_status
 from stc_client.ui import UiServer
+from stc_client.window_secret import load_or_create_secret
 from stc_wire.identity import PeerIdentity, identity_of
 from stc_wire.roster import Roster, RosterEntry, iso_utc
 
@@ -48,6 +49,8 @@ ca_bundle = "pki/ca.pem"
 listen_port = 5060
 """
 NO_RELOAD = "window.__stcNoReload"
+SECRET = "test-window-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+AUTH = {"Authorization": f"token {SECRET}"}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,7 @@ async def window(pki: TestPki, tmp_path: Path) -> AsyncIterator[Window]:
     async def apply(config: ClientConfig) -> None:
         applied.append(config)
 
-    ui = UiServer(state, config_path, port=0, apply_settings=apply)
+    ui = UiServer(state, config_path, port=0, apply_settings=apply, secret=SECRET)
     await ui.start()
     try:
         yield Window(state, ui, config_path, pki, applied)
@@ -341,7 +344,7 @@ async def test_page_reconnects_and_catches_up(window: Window, browser: BrowserPa
     async def apply(config: ClientConfig) -> None:
         pass
 
-    again = UiServer(window.state, window.config_path, port=port, apply_settings=apply)
+    again = UiServer(window.state, window.config_path, port=port, apply_settings=apply, secret=SECRET)
     await again.start()
     try:
         await expect(page.locator("#link-status")).to_have_attribute("data-link", "live", timeout=15_000)
@@ -391,16 +394,16 @@ def test_only_loopback_is_served(tmp_path: Path) -> None:
 
     for host in ("0.0.0.0", "192.168.1.10", "::", "example.org"):
         with pytest.raises(ValueError, match="loopback only"):
-            UiServer(ClientState(), tmp_path / "c.toml", host=host, port=0, apply_settings=apply)
+            UiServer(ClientState(), tmp_path / "c.toml", host=host, port=0, apply_settings=apply, secret=SECRET)
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
-        UiServer(ClientState(), tmp_path / "c.toml", host=host, port=0, apply_settings=apply)
+        UiServer(ClientState(), tmp_path / "c.toml", host=host, port=0, apply_settings=apply, secret=SECRET)
 
 
 async def test_status_api_and_cross_site_guards(window: Window) -> None:
     base = f"http://127.0.0.1:{window.ui.port}"
     in_call(window)
     before = window.config_path.read_bytes()
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
         async with http.get(f"{base}/api/status") as r:
             assert r.status == 200 and r.headers["X-Frame-Options"] == "DENY"
             assert "default-src 'self'" in r.headers["Content-Security-Policy"]
@@ -436,6 +439,78 @@ async def test_status_api_and_cross_site_guards(window: Window) -> None:
             assert (await ws.receive_json(timeout=5))["reason_label"] == "server unreachable"
 
 
+async def test_nothing_is_served_without_the_window_secret(window: Window) -> None:
+    """Another local user (or a page in the user's browser) does not have the secret: 403 everywhere,
+    the settings file stays byte-identical and nothing is applied."""
+    base = f"http://127.0.0.1:{window.ui.port}"
+    in_call(window)
+    before = window.config_path.read_bytes()
+    evil = {"server": {"host": "203.0.113.9", "port": 443, "name": ""}, "sip": {"listen_port": 5060},
+            "identity": {"kind": "pem", "cert": "pki/user-bob.pem", "key": "pki/user-bob.key", "ca_bundle": "pki/ca.pem"}}
+    wrong = {"Authorization": "token " + "x" * len(SECRET)}
+    for headers in ({}, wrong, {"Cookie": f"{window.ui.cookie_name}={'y' * len(SECRET)}"}):
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(f"{base}/api/settings", json=evil, headers={"Origin": base}) as r:
+                assert r.status == 403, headers
+            async with http.post(f"{base}/api/settings?token=nope", json=evil) as r:
+                assert r.status == 403
+            for path in ("/api/status", "/api/settings", "/", "/static/app.js"):
+                async with http.get(f"{base}{path}") as r:
+                    assert r.status == 403, (path, headers)
+                    assert "open the address stc-client printed" in await r.text()
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await http.ws_connect(f"{base}/api/ws", headers={"Origin": base})
+            assert err.value.status == 403
+    assert window.config_path.read_bytes() == before and window.applied == []
+    assert window.ui.refused_without_secret == 3 * 7
+
+    # The printed address lets the page in and hands it the cookie; the cookie alone then works.
+    assert window.ui.url == f"{base}/?token={SECRET}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:  # unsafe: keeps IP hosts' cookies
+        async with http.get(window.ui.url) as r:
+            assert r.status == 200 and "text/html" in r.headers["Content-Type"]
+            cookie = r.cookies[window.ui.cookie_name]
+            assert cookie.value == SECRET and cookie["httponly"] is True and cookie["samesite"] == "Strict"
+            assert cookie["path"] == "/"
+        async with http.get(f"{base}/api/status") as r:  # the session sends the cookie now
+            assert r.status == 200 and (await r.json())["light"] == "green"
+        async with http.ws_connect(f"{base}/api/ws", headers={"Origin": base}) as ws:
+            assert (await ws.receive_json(timeout=5))["light"] == "green"
+        async with http.post(f"{base}/api/settings", json=evil, headers={"Origin": base}) as r:
+            assert r.status == 200, await r.text()
+    assert window.applied[0].server.host == "203.0.113.9"
+
+
+async def test_page_holds_the_secret_in_a_cookie_not_in_its_address(window: Window, browser: BrowserPage) -> None:
+    page = browser.page
+    assert "token" not in page.url and page.url == window.ui.base_url
+    assert await page.evaluate("document.cookie") == ""  # HttpOnly: out of reach of scripts
+    cookies = await page.context.cookies(window.ui.base_url)
+    assert [(c["name"], c["value"], c["httpOnly"], c["sameSite"]) for c in cookies] == \
+        [(window.ui.cookie_name, SECRET, True, "Strict")]
+    window.state.tunnel_down("server-unreachable", "gone")  # the websocket still carries updates
+    await expect(page.locator("#light")).to_have_attribute("data-light", "red")
+    await page.reload()  # and the page opens again from the cookie alone
+    await expect(page.locator("#link-status")).to_have_attribute("data-link", "live")
+    assert browser.errors == []
+
+
+async def test_a_push_that_fails_closes_the_websocket_and_says_why(
+        window: Window, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from stc_client.state import StateSubscription
+
+    async def broken(self: StateSubscription) -> dict[str, object]:
+        raise RuntimeError("forced fault in the state push")
+
+    monkeypatch.setattr(StateSubscription, "next", broken)
+    base = f"http://127.0.0.1:{window.ui.port}"
+    async with aiohttp.ClientSession(headers=AUTH) as http, http.ws_connect(f"{base}/api/ws") as ws:
+        message = await ws.receive(timeout=5)
+        assert message.type == aiohttp.WSMsgType.CLOSE and message.data == aiohttp.WSCloseCode.INTERNAL_ERROR
+    record = next(r for r in caplog.records if "pushing the state to the window failed" in r.getMessage())
+    assert record.exc_info is not None and "forced fault in the state push" in str(record.exc_info[1])
+
+
 async def test_failed_apply_is_reported_after_saving(pki: TestPki, tmp_path: Path) -> None:
     (tmp_path / "pki").symlink_to(pki.dir)
     config_path = tmp_path / "client.toml"
@@ -444,12 +519,12 @@ async def test_failed_apply_is_reported_after_saving(pki: TestPki, tmp_path: Pat
     async def apply(config: ClientConfig) -> None:
         raise RuntimeError("the tunnel could not restart")
 
-    ui = UiServer(ClientState(), config_path, port=0, apply_settings=apply)
+    ui = UiServer(ClientState(), config_path, port=0, apply_settings=apply, secret=SECRET)
     await ui.start()
     try:
         form = {"server": {"host": "127.0.0.1", "port": 7443}, "sip": {"listen_port": 5060},
                 "identity": {"kind": "pem", "cert": "pki/user-bob.pem", "key": "pki/user-bob.key", "ca_bundle": "pki/ca.pem"}}
-        async with aiohttp.ClientSession() as http, http.post(f"{ui.url}api/settings", json=form) as r:
+        async with aiohttp.ClientSession(headers=AUTH) as http, http.post(f"{ui.base_url}api/settings", json=form) as r:
             body = await r.json()
         assert r.status == 500 and body["saved"] is True
         assert "saved, but applying failed: the tunnel could not restart" in body["errors"][0]["message"]
@@ -458,7 +533,7 @@ async def test_failed_apply_is_reported_after_saving(pki: TestPki, tmp_path: Pat
         await ui.close()
 
 
-async def test_status_command_reads_the_running_window(window: Window) -> None:
+async def test_status_command_reads_the_running_window(window: Window, tmp_path: Path) -> None:
     import asyncio
 
     from stc_client.config import UiSettings  # type: ignore[attr-defined]  # the [ui] section
@@ -466,13 +541,16 @@ async def test_status_command_reads_the_running_window(window: Window) -> None:
 
     in_call(window)
     window.state.set_roster(roster(1, entry(window.pki, "alice", "c1", 2), entry(window.pki, None, "x", 1, caller="Eve")))
-    config = ClientConfig(ui=UiSettings(host="127.0.0.1", port=window.ui.port))  # type: ignore[call-arg]
+    secret_file = tmp_path / "window-secret"
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(SECRET + "\n")
+    config = ClientConfig(ui=UiSettings(host="127.0.0.1", port=window.ui.port, secret_file=secret_file))  # type: ignore[call-arg]
     out, err = io.StringIO(), io.StringIO()
     # status_main blocks (urllib): run it off the loop that serves the window.
     code = await asyncio.to_thread(status_main, config, False, out=out, err=err)
     assert code == 0 and err.getvalue() == ""
     assert out.getvalue() == render_status(window.state.snapshot())
-    assert "GREEN - In a secure call" in out.getvalue() and "UNAUTHENTICATED PJSIP/x" in out.getvalue()
+    assert "AMBER - In a call that is NOT private" in out.getvalue() and "UNAUTHENTICATED PJSIP/x" in out.getvalue()
 
     out = io.StringIO()
     assert await asyncio.to_thread(status_main, config, True, out=out, err=err) == 0
@@ -482,10 +560,22 @@ async def test_status_command_reads_the_running_window(window: Window) -> None:
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
     out, err = io.StringIO(), io.StringIO()
-    config = ClientConfig(ui=UiSettings(host="127.0.0.1", port=free))  # type: ignore[call-arg]
+    config = ClientConfig(ui=UiSettings(host="127.0.0.1", port=free, secret_file=secret_file))  # type: ignore[call-arg]
     assert await asyncio.to_thread(status_main, config, False, out=out, err=err) == 1
     assert out.getvalue() == ""
     assert f"stc-client is not running (nothing answers at http://127.0.0.1:{free}/api/status" in err.getvalue()
+
+    # Another install's secret is refused, and a missing secret file is named.
+    other = tmp_path / "other-secret"
+    load_or_create_secret(other)
+    out, err = io.StringIO(), io.StringIO()
+    config = ClientConfig(ui=UiSettings(host="127.0.0.1", port=window.ui.port, secret_file=other))  # type: ignore[call-arg]
+    assert await asyncio.to_thread(status_main, config, False, out=out, err=err) == 1
+    assert "refused the window secret (HTTP 403)" in err.getvalue() and out.getvalue() == ""
+    out, err = io.StringIO(), io.StringIO()
+    config = ClientConfig(ui=UiSettings(host="127.0.0.1", port=window.ui.port, secret_file=tmp_path / "none"))  # type: ignore[call-arg]
+    assert await asyncio.to_thread(status_main, config, False, out=out, err=err) == 1
+    assert f"no window secret at {tmp_path / 'none'}" in err.getvalue()
 
 
 def test_fetch_status_refuses_something_else() -> None:
@@ -493,7 +583,7 @@ def test_fetch_status_refuses_something_else() -> None:
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
     with pytest.raises(ClientNotRunning, match="not running"):
-        fetch_status("127.0.0.1", free, timeout=1)
+        fetch_status("127.0.0.1", free, SECRET, timeout=1)
 
 
 def test_static_files_are_complete() -> None:

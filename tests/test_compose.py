@@ -5,6 +5,12 @@ What it proves about docker-compose.yml:
 - the tunnels are up by the programs' own logs, and each participant's window (through its
   published port on 127.0.0.1) lists exactly Alice, Bob and Carol from their certificates;
 - a SIP caller on the pbx side that skips stc is refused by the admission AGI;
+- each window answers only with its secret (from the address its client printed);
+- a participant's container holds its own key only (never ca.key or another user's key);
+- ARI and AMI refuse a pbx-side neighbour (they listen on pbx-control only; AMI permits only
+  the stc-server's address there, even with the right secret);
+- no secret of the running stack (ARI/AMI secrets, window secrets, private keys) is in the
+  repository or in an image;
 - a capture of the `wan` bridge holds only TLS (port 5443) and SRTP/SRTCP: no SIP text, no
   plaintext RTP or RTCP, no participant name. The same checks run on a capture of the `pbx`
   bridge must find SIP text and plaintext RTP there, so they are known to see what they look for;
@@ -28,6 +34,7 @@ import signal
 import struct
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,6 +63,10 @@ TUNNEL_PORT = 5443
 BASE_TIMEOUT_S = 900.0
 BUILD_TIMEOUT_S = 1500.0
 UP_WAIT_S = 180
+GREEN_WAIT_S = 60.0
+ASTERISK_PBX_IP, ASTERISK_CONTROL_IP, SERVER_CONTROL_IP = "10.213.10.10", "10.213.30.10", "10.213.30.20"
+ARI_PORT, AMI_PORT = 8088, 5038
+WINDOW_SECRET_FILE = "/var/lib/stc/.config/stc-client/window-secret"
 # Audio the capture must span once every call is green: the demo pcap lasts 7 s.
 CAPTURE_AUDIO_S = 8.0
 
@@ -469,6 +480,8 @@ class Stack:
     wan: BridgeCapture
     pbx: BridgeCapture
     timing: dict[str, float]
+    # participant -> the window's secret, from the address its client printed
+    window_secrets: dict[str, str] = field(default_factory=dict)
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(_compose_cmd(*args), timeout=timeout, env=self.env, check=check)
@@ -490,17 +503,41 @@ def _leftovers(env: dict[str, str]) -> dict[str, list[str]]:
     return found
 
 
-def _window_status(port: int) -> dict[str, object]:
+def _window_status(port: int, secret: str | None) -> dict[str, object]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port}/api/status", timeout=5) as response:
+    headers = {"Authorization": f"token {secret}"} if secret is not None else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/status", headers=headers)
+    with opener.open(request, timeout=5) as response:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
-def _all_green() -> bool:
+def _window_secrets(env: dict[str, str]) -> dict[str, str]:
+    """Each window's secret, as its user finds it: in the address the client printed."""
+    found = {}
+    for participant, (_, port) in PARTICIPANTS.items():
+        log = _run(_compose_cmd("logs", "--no-color", f"{participant}-client"), timeout=60, env=env).stdout
+        tokens = re.findall(rf"client window at http://127\.0\.0\.1:{port}/\?token=([A-Za-z0-9_-]+)", log)
+        if tokens:
+            found[participant] = tokens[-1]
+    return found
+
+
+def _all_green(secrets: dict[str, str]) -> bool:
     try:
-        return all(_window_status(port).get("light") == "green" for _, port in PARTICIPANTS.values())
+        return all(_window_status(port, secrets.get(p)).get("light") == "green" for p, (_, port) in PARTICIPANTS.items())
     except OSError:
         return False
+
+
+def _wait_all_green(env: dict[str, str]) -> tuple[float | None, dict[str, str]]:
+    """When every window shows green (the phones' health checks only know their call is answered)."""
+    deadline = time.monotonic() + GREEN_WAIT_S
+    while time.monotonic() < deadline:
+        secrets = _window_secrets(env)
+        if len(secrets) == len(PARTICIPANTS) and _all_green(secrets):
+            return time.monotonic(), secrets
+        time.sleep(1)
+    return None, _window_secrets(env)
 
 
 @pytest.fixture(scope="module")
@@ -523,10 +560,10 @@ def stack(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     t0 = time.monotonic()
     up = _run(_compose_cmd("up", "-d", "--wait", "--wait-timeout", str(UP_WAIT_S)), timeout=UP_WAIT_S + 60, env=env, check=False)
     timing["up_wait_s"] = time.monotonic() - t0
-    green_at = time.monotonic() if up.returncode == 0 and _all_green() else None
+    green_at, secrets = _wait_all_green(env) if up.returncode == 0 else (None, {})
     timing["build_and_up_s"] = timing["build_s"] + timing["up_wait_s"]
     logger.info("compose timing: %s", {k: round(v, 1) for k, v in timing.items()})
-    stack = Stack(env=env, up=up, green_at=green_at, wan=wan, pbx=pbx, timing=timing)
+    stack = Stack(env=env, up=up, green_at=green_at, wan=wan, pbx=pbx, timing=timing, window_secrets=secrets)
     try:
         yield stack
     finally:
@@ -570,7 +607,7 @@ def test_tunnels_are_up_by_the_programs_logs(stack: Stack) -> None:
 def test_every_window_lists_exactly_alice_bob_and_carol(stack: Stack) -> None:
     """Each participant's window, reached through its port published on the host's 127.0.0.1."""
     for participant, (own_name, port) in PARTICIPANTS.items():
-        status = _window_status(port)
+        status = _window_status(port, stack.window_secrets[participant])
         assert status["light"] == "green", (participant, status["reason"])
         assert isinstance(status["call"], dict) and status["call"]["room"] == "1000", status["call"]
         rows = status["participants"]
@@ -596,8 +633,172 @@ def test_a_caller_skipping_stc_on_the_pbx_side_is_refused_by_the_agi(stack: Stac
     callers = sorted(re.findall(r"^PJSIP/\S+\s+.*\s(\S+)\s*$", bridge, re.MULTILINE))
     assert callers == sorted(PARTICIPANTS), bridge
     for participant, (_, port) in PARTICIPANTS.items():
-        names = sorted(row["display_name"] for row in _window_status(port)["participants"])  # type: ignore[union-attr]
+        rows = _window_status(port, stack.window_secrets[participant])["participants"]
+        names = sorted(row["display_name"] for row in rows)  # type: ignore[union-attr]
         assert names == NAMES, (participant, names)
+
+
+def test_a_window_answers_only_with_its_secret(stack: Stack) -> None:
+    assert sorted(stack.window_secrets) == sorted(PARTICIPANTS), "a client printed no window address"
+    assert len(set(stack.window_secrets.values())) == len(PARTICIPANTS)  # one per installation
+    for participant, (_, port) in PARTICIPANTS.items():
+        for secret in (None, stack.window_secrets[_other(participant)]):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                _window_status(port, secret)
+            assert err.value.code == 403, (participant, err.value.code)
+
+
+def _other(participant: str) -> str:
+    names = sorted(PARTICIPANTS)
+    return names[(names.index(participant) + 1) % len(names)]
+
+
+# Run in a participant's container as its user: every readable file holding a line of a given
+# private key, and every readable file called *.key or holding a PEM private key, outside /proc,
+# /sys and /dev.
+_SCAN = r"""
+import json, os, re, sys
+needles = [n.encode() for n in json.loads(sys.argv[1])]
+pem_key = re.compile(rb"^-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40,}", re.MULTILINE)
+hits, named = [], []
+for top in ("/",):
+    for root, dirs, files in os.walk(top):
+        if root == "/":
+            dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                if not os.path.isfile(path) or os.path.getsize(path) > 4_000_000:
+                    continue
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            if name.endswith(".key") or pem_key.search(data):
+                named.append(path)
+            hits.extend(f"{path}: key {i}" for i, n in enumerate(needles) if n in data)
+print(json.dumps({"hits": hits, "named": sorted(named), "uid": os.getuid()}))
+"""
+
+
+def _pki_keys(stack: Stack) -> dict[str, str]:
+    """Every private key of the demo PKI (path in the pki volume -> PEM), read through the one-shot's image."""
+    script = "import glob, json; print(json.dumps({p: open(p).read() for p in glob.glob('/pki/**/*.key', recursive=True)}))"
+    out = stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "python3", "pki", "-c", script).stdout
+    keys: dict[str, str] = json.loads(out.strip().splitlines()[-1])
+    return keys
+
+
+def _key_line(pem: str) -> str:
+    """A line of a PEM key's body: enough to recognise the key anywhere, nothing on its own."""
+    lines = [line for line in pem.splitlines() if line and not line.startswith("-----")]
+    return lines[len(lines) // 2]
+
+
+def test_a_participant_container_holds_its_own_key_only(stack: Stack) -> None:
+    keys = _pki_keys(stack)
+    assert {"/pki/ca.key", "/pki/server.key", "/pki/users/alice.key", "/pki/users/bob.key"} <= set(keys), sorted(keys)
+    for participant in PARTICIPANTS:
+        own = f"/pki/users/{participant}.key"
+        others = {path: pem for path, pem in keys.items() if path != own}
+        needles = [_key_line(pem) for pem in others.values()]
+        result = stack.compose("exec", "-T", f"{participant}-client", "python3", "-c", _SCAN, json.dumps(needles),
+                               timeout=180).stdout
+        found = json.loads(result.strip().splitlines()[-1])
+        assert found["uid"] == 10001  # the client's own user, as a compromised client would be
+        assert found["hits"] == [], (participant, found["hits"], sorted(others))
+        assert found["named"] == [f"/pki/{participant}.key"], (participant, found["named"])
+        # And its own key is there and is the one the PKI issued.
+        own_pem = stack.compose("exec", "-T", f"{participant}-client", "cat", f"/pki/{participant}.key").stdout
+        assert own_pem == keys[own]
+
+
+# From a pbx-side container: try ARI and AMI on both of Asterisk's addresses; with a secret,
+# also log in to AMI. Prints what happened per address.
+_PROBE = r"""
+import json, socket, sys
+secret = sys.argv[2] if len(sys.argv) > 2 else ""
+result = {}
+for host, port in json.loads(sys.argv[1]):
+    key = f"{host}:{port}"
+    try:
+        s = socket.create_connection((host, port), timeout=4)
+    except OSError as exc:
+        result[key] = f"no connection: {exc}"
+        continue
+    s.settimeout(4)
+    try:
+        if port == 5038:
+            banner = s.recv(200).decode(errors="replace")
+            s.sendall(f"Action: Login\r\nUsername: stc\r\nSecret: {secret}\r\n\r\n".encode())
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = s.recv(400)
+                if not chunk:
+                    break
+                answer += chunk
+            result[key] = "connected: " + banner.strip() + " | " + answer.decode(errors="replace").strip()
+        else:
+            s.sendall(b"GET /ari/asterisk/info HTTP/1.0\r\n\r\n")
+            result[key] = "connected: " + s.recv(200).decode(errors="replace").splitlines()[0]
+    except OSError as exc:
+        result[key] = f"connected, then {exc}"
+    finally:
+        s.close()
+print(json.dumps(result))
+"""
+
+
+def _probe(stack: Stack, service: str, targets: list[tuple[str, int]], secret: str = "") -> dict[str, str]:
+    out = stack.compose("--profile", "checks", "run", "--rm", "--no-deps", "-T", service, _PROBE,
+                        json.dumps(targets), secret, timeout=120).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_ari_and_ami_refuse_a_pbx_neighbour(stack: Stack) -> None:
+    targets = [(ip, port) for ip in (ASTERISK_PBX_IP, ASTERISK_CONTROL_IP) for port in (ARI_PORT, AMI_PORT)]
+    seen = _probe(stack, "pbx-probe", targets)
+    assert all(v.startswith("no connection") for v in seen.values()), seen
+    # Even on pbx-control and with the right secret, AMI lets in only the stc-server's address.
+    ami_secret = stack.compose("exec", "-T", "stc-server", "cat", "/pbx-secrets/ami-secret").stdout.strip()
+    seen = _probe(stack, "pbx-control-probe", [(ASTERISK_CONTROL_IP, AMI_PORT)], ami_secret)
+    answer = seen[f"{ASTERISK_CONTROL_IP}:{AMI_PORT}"]
+    assert "Response: Error" in answer and "Authentication failed" in answer, answer
+    # The stc-server itself is let in with the same secret: the address is what AMI refused above.
+    server_log = stack.compose("logs", "--no-color", "stc-server").stdout
+    assert f"AMI logged in to {ASTERISK_CONTROL_IP}:{AMI_PORT}" in server_log, server_log[-3000:]
+    assert f"ARI events connected (http://{ASTERISK_CONTROL_IP}:{ARI_PORT}" in server_log, server_log[-3000:]
+
+
+def _stack_secrets(stack: Stack) -> dict[str, str]:
+    secrets = {f"{p} window secret": s for p, s in stack.window_secrets.items()}
+    for name in ("ari-password", "ami-secret"):
+        secrets[name] = stack.compose("exec", "-T", "stc-server", "cat", f"/pbx-secrets/{name}").stdout.strip()
+    for path, pem in _pki_keys(stack).items():
+        secrets[f"private key {path}"] = _key_line(pem)
+    assert all(len(v) >= 20 for v in secrets.values()), {k: len(v) for k, v in secrets.items()}
+    return secrets
+
+
+def test_no_secret_of_the_stack_is_in_the_repository_or_an_image(stack: Stack) -> None:
+    secrets = _stack_secrets(stack)
+    files = _run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], timeout=60).stdout.split("\0")
+    assert len(files) > 50
+    for name in files:
+        path = REPO_DIR / name
+        if not name or not path.is_file():
+            continue
+        data = path.read_bytes()
+        leaked = [what for what, value in secrets.items() if value.encode() in data]
+        assert leaked == [], (name, leaked)
+    # The images: nothing secret baked in (their secrets arrive in volumes at run time).
+    search = ('dirs=""; for d in /etc /usr/local /usr/share/stc /opt /var/lib /root /home /pki; do '
+              '[ -d "$d" ] && dirs="$dirs $d"; done; exec grep -rlF "$@" $dirs')
+    args = [arg for value in secrets.values() for arg in ("-e", value)]
+    for image in ("stc:local", "stc-asterisk:local"):
+        found = _run(["docker", "run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "sh", image,
+                      "-c", search, "sh", *args], timeout=300, env=stack.env, check=False)
+        assert found.returncode == 1 and found.stdout == "", (image, found.returncode, found.stdout[-2000:], found.stderr[-2000:])
 
 
 def test_the_wan_carries_only_tls_and_srtp(stack: Stack) -> None:

@@ -557,3 +557,27 @@ async def test_batched_relay_drains_every_socket_each_tick() -> None:
         got = [(await recv(r.softphone_rtp))[0] for _ in sent]
         assert_translated(got, sent)
         assert r.relay.wakeups >= 1
+
+
+async def test_rtcp_mux_on_the_softphone_side() -> None:
+    """RFC 5761 towards a phone that asked for it: its RTCP arrives on our RTP port and goes on
+    as SRTCP; RTCP for it leaves our RTP port for its RTP port. RTP still flows beside it."""
+    async with rig() as r:
+        phone_port = r.softphone_rtp.getsockname()[1]
+        r.client.set_rtcp_mux("c1")
+        r.client.set_softphone_media("c1", HOST, phone_port, phone_port)
+        report = rtcp_receiver_report(0x11111111)
+        report += b"\x81\xca\x00\x02" + struct.pack("!I", 0x11111111) + b"\x01\x02ab"  # + SDES CNAME
+        r.softphone_rtp.sendto(report, (HOST, r.softphone_ports[0]))  # RTCP to our RTP port
+        got = await recv_media(r.asterisk_rtcp)  # (empty reports are keep-alives: skipped)
+        assert got[1] == 201 and len(got) == len(report)
+        _, rtp = await r.softphone_says(1)
+        assert rtp[1] & 0x7F == 0
+        r.asterisk_rtcp.sendto(rtcp_receiver_report(0x22222222), (HOST, r.pbx_ports[1]))
+        while True:  # the phone's RTP port now gets RTCP (and nothing arrives on its RTCP port)
+            data, source = await recv(r.softphone_rtp)
+            if data[1] == 201:
+                break
+        assert source == (HOST, r.softphone_ports[0])
+        assert await nothing_arrives(r.softphone_rtcp)
+        assert r.client_stats().drops == 0

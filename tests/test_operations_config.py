@@ -10,9 +10,12 @@ from stc_asterisk.config import ServerConfig
 from stc_wire.config import ConfigError, load_config
 
 
+SECRETS = '[asterisk]\nami_secret = "a"\nari_password = "b"\n'
+
+
 def load(tmp_path: Path, text: str) -> ServerConfig:
     path = tmp_path / "server.toml"
-    path.write_text(text)
+    path.write_text(SECRETS + text)
     return load_config(ServerConfig, path)
 
 

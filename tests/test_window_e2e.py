@@ -54,8 +54,9 @@ def dial(sipp_callers: Callable[..., SippCaller], client: ClientApp, user: str, 
 async def open_window(browser: BrowserPage, client: ClientApp) -> Page:
     assert client.window is not None, "the client was started without its window"
     page = browser.page
-    await page.goto(client.window.url)
+    await page.goto(client.window.url)  # the address the client printed: it carries the window's secret
     await expect(page.locator("#link-status")).to_have_attribute("data-link", "live")
+    assert "token" not in page.url  # the page keeps the secret in its cookie, not in the address bar
     await page.evaluate(f"{NO_RELOAD} = 42")  # gone if the page ever reloads
     return page
 
@@ -267,7 +268,7 @@ async def test_wrong_certificate_path_in_settings_changes_nothing(
         await expect(page.locator("#settings-result")).to_have_text("")
 
         assert alice.config_path.read_bytes() == before
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.toml"]  # no temporary file left
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["alice-window-secret", "alice.toml"]  # no temporary file left
         # Nothing was applied either: same tunnel, same settings, the call goes on.
         assert alice.tunnel is tunnel and alice.config is config
         await expect(page.locator("#light")).to_have_attribute("data-light", "green")

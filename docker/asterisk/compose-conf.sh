@@ -1,13 +1,14 @@
 #!/bin/sh
 # Adapt the shipped asterisk-conf/ (written for loopback: Asterisk and stc-server on one host) to
-# the compose stack, where stc-server reaches Asterisk over the `pbx` network:
-#   compose-conf.sh CONF_DIR ASTERISK_IP STC_SERVER_IP PBX_SUBNET
+# the compose stack, where stc-server reaches Asterisk's SIP over the `pbx` network and its ARI
+# and AMI over `pbx-control`, a network only the two of them are on:
+#   compose-conf.sh CONF_DIR ASTERISK_IP STC_SERVER_IP PBX_SUBNET ASTERISK_CONTROL_IP STC_SERVER_CONTROL_IP
 # Each rewrite names the line it expects; a missing line, or any loopback address left outside
 # a comment afterwards, fails the image build, so asterisk-conf/ cannot drift silently.
 set -eu
 
-[ $# -eq 4 ] || { echo "usage: $0 CONF_DIR ASTERISK_IP STC_SERVER_IP PBX_SUBNET" >&2; exit 2; }
-conf=$1 asterisk_ip=$2 server_ip=$3 pbx_subnet=$4
+[ $# -eq 6 ] || { echo "usage: $0 CONF_DIR ASTERISK_IP STC_SERVER_IP PBX_SUBNET ASTERISK_CONTROL_IP STC_SERVER_CONTROL_IP" >&2; exit 2; }
+conf=$1 asterisk_ip=$2 server_ip=$3 pbx_subnet=$4 control_ip=$5 server_control_ip=$6
 
 fail() { echo "compose-conf: $*" >&2; exit 1; }
 
@@ -24,14 +25,15 @@ rewrite() {
 # dialplan, where the admission AGI (not PJSIP) decides who joins.
 rewrite pjsip.conf 1 '^bind = 127\.0\.0\.1:' "bind = $asterisk_ip:"
 rewrite pjsip.conf 1 '^match = 127\.0\.0\.1([[:space:]]|$)' "match = $pbx_subnet\\1"
-# ARI (HTTP) and AMI on the pbx address; AMI logins only from the stc-server.
-rewrite http.conf 1 '^bindaddr = 127\.0\.0\.1' "bindaddr = $asterisk_ip"
-rewrite manager.conf 1 '^bindaddr = 127\.0\.0\.1' "bindaddr = $asterisk_ip"
-rewrite manager.conf 1 '^permit = 127\.0\.0\.1/255\.255\.255\.255' "permit = $server_ip/255.255.255.255"
+# ARI (HTTP, which has no ACL) and AMI only on the pbx-control address, which nothing but the
+# stc-server reaches; AMI logins only from the stc-server's address there.
+rewrite http.conf 1 '^bindaddr = 127\.0\.0\.1' "bindaddr = $control_ip"
+rewrite manager.conf 1 '^bindaddr = 127\.0\.0\.1' "bindaddr = $control_ip"
+rewrite manager.conf 1 '^permit = 127\.0\.0\.1/255\.255\.255\.255' "permit = $server_control_ip/255.255.255.255"
 # The admission FastAGI runs in the stc-server (also in comments, so the hint stays right).
 rewrite extensions.conf 0 'agi://127\.0\.0\.1:' "agi://$server_ip:"
 
 left=$(grep -n -E '^[^;]*(127\.0\.0\.1|localhost)' "$conf"/*.conf || true)
 [ -z "$left" ] || fail "loopback addresses this script does not rewrite (update docker/asterisk/compose-conf.sh):
 $left"
-echo "compose-conf: $conf now binds $asterisk_ip, accepts SIP from $pbx_subnet and AMI from $server_ip"
+echo "compose-conf: $conf now binds SIP to $asterisk_ip (from $pbx_subnet), ARI/AMI to $control_ip (AMI from $server_control_ip only)"

@@ -156,6 +156,17 @@ class AriClient:
                 raise AriError(f"hang-up of {channel_id}: HTTP {response.status}", response.status)
         return True
 
+    async def stop_recording(self, name: str) -> bool:
+        """`POST /ari/recordings/live/{name}/stop`; False if no such live recording."""
+        if not name or "/" in name:
+            raise ValueError(f"bad recording name {name!r}")
+        async with self._http().post(self._url(f"/ari/recordings/live/{name}/stop")) as response:
+            if response.status == 404:
+                return False
+            if response.status // 100 != 2:
+                raise AriError(f"stop of recording {name}: HTTP {response.status}", response.status)
+        return True
+
     # --- events -------------------------------------------------------------------
 
     async def _connect_ws(self) -> aiohttp.ClientWebSocketResponse:

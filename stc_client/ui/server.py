@@ -8,17 +8,23 @@ Routes:
     GET  /api/settings     the settings form's current values (never the passphrase)
     POST /api/settings     validate, save atomically, then apply_settings(new config)
 
-Only loopback is served. Because any web page the user opens could still
-talk to 127.0.0.1, the Host header must name this server (against DNS
-rebinding), and a browser's Origin, when sent, must be this page's own
-(websocket and settings changes); settings are only taken as
-application/json, which a foreign page cannot send without a CORS preflight
-that this server never grants.
+Only loopback is served, and only to its user: every request must carry the
+per-install secret (stc_client/window_secret.py), which other local users
+cannot read. The address the client prints carries it as `?token=`; the page
+then holds it in an HttpOnly, SameSite=Strict cookie (named after the port,
+since cookies are not kept apart by port) and takes it out of the address bar.
+`stc-client status` and health checks send `Authorization: token SECRET`.
+Without it: 403. Because any web page the user opens could still talk to
+127.0.0.1, the Host header must name this server (against DNS rebinding), and
+a browser's Origin, when sent, must be this page's own (websocket and settings
+changes); settings are only taken as application/json, which a foreign page
+cannot send without a CORS preflight that this server never grants.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import logging
 import weakref
@@ -67,6 +73,7 @@ class UiServer:
         host: str = "127.0.0.1",
         port: int = 8765,
         apply_settings: Callable[[ClientConfig], Awaitable[None]],
+        secret: str,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         if not is_loopback(host):
@@ -76,6 +83,10 @@ class UiServer:
         self.host = host
         self.port = port
         self._apply = apply_settings
+        if len(secret) < 32:
+            raise ValueError("the window secret is too short")
+        self._secret = secret.encode()
+        self.refused_without_secret = 0
         self._clock = clock
         self._runner: web.AppRunner | None = None
         self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
@@ -83,9 +94,18 @@ class UiServer:
         self._allowed_hosts: frozenset[str] = frozenset()
 
     @property
-    def url(self) -> str:
+    def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    @property
+    def url(self) -> str:
+        """The address to open: it carries the secret, so it is shown to the user only."""
+        return f"{self.base_url}?token={self._secret.decode()}"
+
+    @property
+    def cookie_name(self) -> str:
+        return f"stc-window-{self.port}"
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
@@ -109,7 +129,6 @@ class UiServer:
         self.port = runner.addresses[0][1]
         names = {self.host, "localhost", "127.0.0.1", "[::1]"} | ({f"[{self.host}]"} if ":" in self.host else set())
         self._allowed_hosts = frozenset(f"{n}:{self.port}" for n in names)
-        log.info("stc-client window at %s", self.url)
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -125,12 +144,28 @@ class UiServer:
         if request.host not in self._allowed_hosts:
             log.warning("refused a request for host %r (not this window)", request.host)
             raise web.HTTPMisdirectedRequest(text="this is the stc-client window; use its loopback address")
+        from_query = self._holds_secret(request.query.get("token"))
+        if not (from_query or self._holds_secret(request.cookies.get(self.cookie_name))
+                or self._holds_secret(_authorization_token(request))):
+            self.refused_without_secret += 1
+            if self.refused_without_secret in (1, 10, 100) or self.refused_without_secret % 1000 == 0:
+                log.warning("refused %s %s without the window's secret (%d so far)", request.method, request.path,
+                            self.refused_without_secret)
+            raise web.HTTPForbidden(text="this stc-client window belongs to the user who started it: open the "
+                                         "address stc-client printed when it started (it carries the window's key)")
         origin = request.headers.get("Origin")
         guarded = request.method != "GET" or request.path == "/api/ws"
         if guarded and origin is not None and origin not in {f"http://{h}" for h in self._allowed_hosts}:
             log.warning("refused %s %s from origin %r", request.method, request.path, origin)
             raise web.HTTPForbidden(text="cross-origin requests are not allowed")
-        return await handler(request)
+        response = await handler(request)
+        if from_query and not response.prepared:
+            # The page keeps the secret from here on, out of reach of its scripts and other sites.
+            response.set_cookie(self.cookie_name, self._secret.decode(), path="/", httponly=True, samesite="Strict")
+        return response
+
+    def _holds_secret(self, offered: str | None) -> bool:
+        return offered is not None and hmac.compare_digest(offered.encode(), self._secret)
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         for name, value in _SECURITY_HEADERS.items():
@@ -166,6 +201,9 @@ class UiServer:
                 await ws.send_json(snapshot)
         except ConnectionError as exc:
             log.debug("window websocket gone: %s", exc)
+        except Exception:  # a page that hears nothing would show stale state: close it, the page reconnects
+            log.exception("pushing the state to the window failed; closing its websocket")
+            await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"stc-client error")
 
     async def _close_sockets(self, app: web.Application) -> None:
         for ws in list(self._sockets):
@@ -213,6 +251,11 @@ class UiServer:
                     status=500,
                 )
         return web.json_response({"ok": True, "saved": True, "settings": settings_form(config)})
+
+
+def _authorization_token(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "token" else None
 
 
 def _refused(status: int, field: str, message: str) -> web.Response:

@@ -8,6 +8,7 @@
     red: { word: "RED", symbol: "✕" },
     yellow: { word: "YELLOW", symbol: "…" },
     green: { word: "GREEN", symbol: "✓" },
+    amber: { word: "AMBER", symbol: "!" },
   };
 
   // ---- helpers -------------------------------------------------------------------
@@ -75,10 +76,14 @@
       $("call-srtp").textContent = s.call.srtp_profile;
     }
     const alarms = (s.warnings || []).filter((w) => w.kind === "unauthenticated" || w.kind === "roster-rejected");
-    $("light-caveat").hidden = alarms.length === 0;
-    $("light-caveat").textContent = alarms.length ? "⚠ The tunnel is secure, but not everyone listed can be trusted: see the warning above." : "";
+    const listening = (s.warnings || []).some((w) => w.kind === "listener");
+    $("light-caveat").hidden = alarms.length === 0 && !listening;
+    $("light-caveat").textContent = alarms.length
+      ? "⚠ The tunnel is secure, but not everyone listed can be trusted: see the warning above."
+      : listening ? "⚠ The tunnel is secure, but something outside the conference can hear it: see the warning above." : "";
     renderWarnings(s.warnings || []);
     renderRoster(s);
+    renderHistory(s.history || []);
     document.title = `stc-client: ${LIGHT[light].word}, ${s.label}`;
   }
 
@@ -89,9 +94,10 @@
     const box = $("warnings");
     box.replaceChildren();
     for (const w of warnings) {
-      const loud = w.kind === "unauthenticated" || w.kind === "roster-rejected";
+      const loud = w.kind === "unauthenticated" || w.kind === "roster-rejected" || w.kind === "listener";
       const title = {
         "unauthenticated": "WARNING: UNAUTHENTICATED participant in this conference",
+        "listener": "NOT PRIVATE: someone outside the conference can hear it",
         "roster-rejected": "WARNING: the participant list failed its security check",
         "roster-unknown": "Caution: participants unknown",
       }[w.kind] || "Warning";
@@ -118,6 +124,17 @@
     }
     $("roster").hidden = rows.length === 0;
     body.replaceChildren(...rows.map((r) => rosterRow(r, open.has(r.channel_id))));
+  }
+
+  let lastHistory = "";
+
+  function renderHistory(history) {
+    const key = JSON.stringify(history);
+    if (key === lastHistory) return;
+    lastHistory = key;
+    $("history-empty").hidden = history.length > 0;
+    $("history").replaceChildren(...history.map((h) => el("li", { "data-kind": h.kind },
+      timeEl(h.at, false), " ", el("span", { class: "history-text" }, h.message))));
   }
 
   // Asterisk writes a caller id as `"Name" <number>`; quote the name once, not twice.
@@ -290,6 +307,16 @@
     }
   }
 
+  // The address stc-client printed carries the window's secret; the server has put it in a
+  // cookie by now, so take it out of the address bar (and so out of history and bookmarks).
+  function forgetTokenInAddress() {
+    const url = new URL(location.href);
+    if (!url.searchParams.has("token")) return;
+    url.searchParams.delete("token");
+    history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+  }
+
+  forgetTokenInAddress();
   document.addEventListener("DOMContentLoaded", () => {
     form().addEventListener("submit", submit);
     for (const r of form().querySelectorAll('input[name="identity.kind"]')) r.addEventListener("change", () => showKind(r.value));
