@@ -573,8 +573,9 @@ main() {
 
     local user
     say "stc-clients: ${USERS[*]}"
+    # Three windows for one demo: the summary prints their addresses instead of opening browsers.
     for user in "${USERS[@]}"; do
-        start_process "stc-client $user" "$LOG_DIR/client-$user.log" "$BIN/stc-client" --config "demo/$user.toml"
+        start_process "stc-client $user" "$LOG_DIR/client-$user.log" "$BIN/stc-client" --config "demo/$user.toml" --no-browser
     done
     for user in "${USERS[@]}"; do wait_listening udp "${CLIENT_SIP_PORT[$user]}" "stc-client $user"; done
     wait_lights "yellow green" "tunnels up"

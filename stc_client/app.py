@@ -15,7 +15,7 @@ from stc_wire.messages import Message, RosterUpdate
 from stc_wire.roster import Roster, RosterError, RosterRejected, RosterVerifier
 from stc_wire.srtp import SrtpProfile
 
-from .config import ClientConfig
+from .config import ClientConfig, softphone_address
 from .media import ClientMedia
 from .softphone import ClientCall, SoftphoneProxy
 from .state import ClientState, listener_message
@@ -53,12 +53,15 @@ class ClientApp:
         self.softphone = SoftphoneProxy(
             config.sip.listen_host, config.sip.listen_port, self.media,
             tuple(SrtpProfile.parse(p) for p in config.media.srtp_profiles), on_change=self._call_changed,
-            softphone_timeout=config.sip.softphone_timeout, on_call_end=self._call_ended)
+            softphone_timeout=config.sip.softphone_timeout, on_call_end=self._call_ended,
+            softphones=tuple(softphone_address(entry) for entry in config.sip.softphones))
 
     async def start(self) -> None:
         # A window secret that cannot be made or trusted stops the start before anything is bound.
         secret = load_or_create_secret(self.config.ui.secret_path) if self._want_window else ""
-        await self.softphone.start()
+        setting_up = self.needs_setup
+        if not setting_up:
+            await self.softphone.start()
         if self._want_window:
             from .ui import UiServer
 
@@ -69,7 +72,20 @@ class ClientApp:
             self.window = window
             # The one place the secret is shown: the address for the user to open (as Jupyter does).
             log.info("client window at %s", window.url)
+        if setting_up:
+            # Nothing to connect with yet: the window's first-start page imports the identity and
+            # the server's address, and apply_settings starts the softphone side and the tunnel.
+            log.warning("stc-client is not set up yet (no %s): open its window to import your certificate",
+                        self.config_path)
+            self.state.tunnel_down("not-set-up", "stc-client is not set up yet: import your certificate "
+                                   "(PKCS#12 file) and the server's address below")
+            return
         self._task = asyncio.create_task(self._keep_tunnel())
+
+    @property
+    def needs_setup(self) -> bool:
+        """A first start: the window is on and the settings file it would save to does not exist yet."""
+        return self._want_window and self.config_path is not None and not self.config_path.exists()
 
     async def close(self) -> None:
         await self._stop_calls_and_tunnel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,10 +64,16 @@ class SipSettings:
     # A call whose softphone sends no media and answers no in-dialog OPTIONS for this many
     # seconds is hung up (a phone that died without a BYE must not stay in the room).
     softphone_timeout: float = 30.0
+    # The softphones allowed to use this client, as "host:port" (its SIP port) or "host" (any
+    # port there). SIP from anywhere else is answered 403: another program on this machine must
+    # not place calls under your certificate. Empty: any local program may (a warning at start).
+    softphones: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if not port_ok(self.listen_port):
             raise ValueError(f"listen_port: {self.listen_port} is not a UDP port")
+        for entry in self.softphones:
+            softphone_address(entry)
         if self.softphone_timeout <= 0:
             raise ValueError("softphone_timeout: must be positive")
 
@@ -89,6 +96,8 @@ class UiSettings:
     port: int = 8765
     # The window's secret (stc_client/window_secret.py); default $XDG_CONFIG_HOME/stc-client/window-secret.
     secret_file: Path | None = None
+    # `stc-client` (run) opens the window in the default browser on start (`--no-browser`: not this time).
+    open_browser: bool = True
 
     @property
     def secret_path(self) -> Path:
@@ -112,3 +121,24 @@ class ClientConfig:
 
     def validate(self) -> None:
         check_log_level(self.log_level)
+
+
+def softphone_address(entry: str) -> tuple[str, int | None]:
+    """ "127.0.0.1:5070" -> ("127.0.0.1", 5070); "[::1]:5070" -> ("::1", 5070); "127.0.0.1" -> (host, None)."""
+    text = entry.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"softphones: {entry!r} is not an IP address (optionally with :port)") from None
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not port_ok(int(port_text)):
+        raise ValueError(f"softphones: {entry!r} has no valid port")
+    return host, int(port_text)

@@ -52,6 +52,7 @@ from stc_wire.sip_proxy import (
     sdp_of,
     strip_private_headers,
 )
+from stc_wire.sip_stream import SipStreamFramer
 from stc_wire.srtp import SrtpProfile
 
 from .media import ClientCallPorts, ClientMedia
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 DialogKey = tuple[str, str]  # (Call-ID, the softphone's tag)
 _MEMORY = 256  # ended calls and transactions remembered, at most
+MAX_TCP_PEERS = 32  # softphone TCP connections at once
 
 
 @dataclass
@@ -113,12 +115,14 @@ SendToServer = Callable[[wire.Message], Awaitable[None]]
 class SoftphoneProxy:
     def __init__(self, host: str, port: int, media: ClientMedia, profiles: tuple[SrtpProfile, ...],
                  on_change: Callable[[], None] = lambda: None, *, softphone_timeout: float = 30.0,
-                 on_call_end: Callable[[ClientCall], None] = lambda call: None) -> None:
+                 on_call_end: Callable[[ClientCall], None] = lambda call: None,
+                 softphones: tuple[tuple[str, int | None], ...] = ()) -> None:
         self.host = host
         self.port = port
         self.media = media
         self.profiles = profiles
         self.softphone_timeout = softphone_timeout
+        self.softphones = softphones  # (host, port or None); empty: any local program
         self.calls: dict[DialogKey, ClientCall] = {}
         # Calls just ended, so a retransmitted BYE (or its 200) still finds the softphone's contact.
         self.recently_ended: OrderedDict[DialogKey, ClientCall] = OrderedDict()
@@ -133,14 +137,23 @@ class SoftphoneProxy:
         self._queue: asyncio.Queue[tuple[bytes, Address]] = asyncio.Queue(maxsize=1000)
         self._worker: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._tcp: dict[Address, asyncio.StreamWriter] = {}  # softphones connected over TCP
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(lambda: _Listener(self), local_addr=(self.host, self.port))
         self.port = self._transport.get_extra_info("sockname")[1]
+        try:  # the same port over TCP (RFC 3261 section 18: every element takes both)
+            self._tcp_server = await asyncio.start_server(self._tcp_peer, self.host, self.port)
+        except OSError as exc:
+            log.error("SIP over TCP not available on %s:%d: %s (UDP only)", self.host, self.port, exc)
         self._worker = asyncio.create_task(self._work())
         self._watcher = asyncio.create_task(self._watch_softphones())
-        log.info("SIP for the softphone on udp %s:%d", self.host, self.port)
+        log.info("SIP for the softphone on udp%s %s:%d", "+tcp" if self._tcp_server else "", self.host, self.port)
+        if not self.softphones:
+            log.warning("any program on this machine may place calls through this client: "
+                        "set sip.softphones to your softphone's address")
 
     async def close(self) -> None:
         await self.tunnel_lost("client shutting down")
@@ -149,6 +162,10 @@ class SoftphoneProxy:
                 task.cancel()
         if self._transport is not None:
             self._transport.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for link in list(self._tcp.values()):
+            link.close()
 
     def tunnel_up(self, send: SendToServer) -> None:
         self._send = send
@@ -193,7 +210,24 @@ class SoftphoneProxy:
                 log.exception("error handling SIP from the softphone (dropped)")
                 self.drops["internal-error"] += 1
 
+    def _allowed(self, addr: Address) -> bool:
+        if not self.softphones:
+            return True
+        host, port = addr[0], addr[1]
+        return any(host == h and (p is None or p == port) for h, p in self.softphones)
+
     async def _handle_softphone(self, data: bytes, addr: Address) -> None:
+        if not self._allowed(addr):
+            # Not a configured softphone: another program must not call (or hang up) as this user.
+            self.drops["foreign-source"] += 1
+            log.warning("SIP from %s:%d refused: not a configured softphone (sip.softphones)", *addr)
+            try:
+                msg = parse_message(data)
+            except SipParseError:
+                return
+            if isinstance(msg, SipRequest):
+                self._refuse(msg, addr, 403, "not a softphone of this stc-client (sip.softphones)")
+            return
         try:
             msg = parse_message(data)
         except SipParseError as exc:
@@ -421,7 +455,6 @@ class SoftphoneProxy:
             if msg.body:  # SDP nobody rewrote: never for the softphone's eyes
                 await self._refuse_unkeyed_sdp(msg)
                 return
-        point_contact_at(msg, self.host, self.port)
         if call is not None and call.ports is not None:
             ports = call.ports
             try:
@@ -429,36 +462,32 @@ class SoftphoneProxy:
             except (RelayRefused, SdpError) as exc:
                 log.error("server SDP cannot be relayed (Call-ID %s): %s", msg.call_id, exc)
                 return
+        # Where it goes: the call's own phone; after the call, the phone it was; a response outside
+        # any call to the sender of its request; a request outside any call to the last phone seen.
+        dialog = call
+        if isinstance(msg, SipResponse):
+            known = call or self._find_ended(msg.call_id, msg.from_tag)
+            target = known.softphone_address if known is not None else self._origins.get(msg.top_via_branch or "")
+        else:
+            dialog = call or self._find_ended(msg.call_id, msg.to_tag)
+            target = dialog.softphone_address if dialog is not None else self._last_softphone
+        if target is None:
+            self.drops["no-softphone"] += 1
+            return
+        tcp = target in self._tcp
+        point_contact_at(msg, self.host, self.port, transport="tcp" if tcp else None)
         if isinstance(msg, SipResponse):
             if call is not None:
                 self._track_response(call, msg)
-                self._to_softphone(msg.to_bytes(), call.softphone_address)
-                return
-            ended = self._find_ended(msg.call_id, msg.from_tag)
-            branch = msg.top_via_branch
-            origin = ended.softphone_address if ended else self._origins.get(branch or "")
-            if origin is None:
-                self.drops["no-softphone"] += 1
-                return
-            self._to_softphone(msg.to_bytes(), origin)
+            self._to_softphone(msg.to_bytes(), target)
             return
-        push_via(msg, self.host, self.port, self._secret)
-        if call is not None:
-            self._shift_cseq(call, msg)
-            msg.uri = call.softphone_contact
-            self._to_softphone(msg.to_bytes(), call.softphone_address)
-            return
-        ended = self._find_ended(msg.call_id, msg.to_tag)
-        if ended is not None:
-            msg.uri = ended.softphone_contact
-            self._shift_cseq(ended, msg)
-            self._to_softphone(msg.to_bytes(), ended.softphone_address)
-            return
-        if self._last_softphone is None:
-            self.drops["no-softphone"] += 1
-            return
-        msg.uri = uri_with_host_port(msg.uri, *self._last_softphone)
-        self._to_softphone(msg.to_bytes(), self._last_softphone)
+        push_via(msg, self.host, self.port, self._secret, transport="TCP" if tcp else "UDP")
+        if dialog is not None:
+            self._shift_cseq(dialog, msg)
+            msg.uri = dialog.softphone_contact
+        else:
+            msg.uri = uri_with_host_port(msg.uri, *target)
+        self._to_softphone(msg.to_bytes(), target)
 
     def _shift_cseq(self, call: ClientCall, request: SipRequest) -> None:
         number, method = request.cseq
@@ -509,8 +538,41 @@ class SoftphoneProxy:
             self._end_call(call, "you hung up")
 
     def _to_softphone(self, data: bytes, addr: Address) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        link = self._tcp.get(addr)
+        if link is not None:
+            if not link.is_closing():
+                link.write(data)
+        elif self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(data, addr)
+
+    def _via_transport(self, addr: Address) -> str:
+        return "TCP" if addr in self._tcp else "UDP"
+
+    # -- SIP over TCP ---------------------------------------------------------
+    async def _tcp_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One softphone's TCP connection: its messages join the UDP ones in the same queue."""
+        peer = writer.get_extra_info("peername")
+        address: Address = (str(peer[0]), int(peer[1]))
+        if len(self._tcp) >= MAX_TCP_PEERS:
+            self.drops["tcp-peers"] += 1
+            log.warning("SIP over TCP from %s:%d refused: %d connections already", *address, MAX_TCP_PEERS)
+            writer.close()
+            return
+        self._tcp[address] = writer
+        framer = SipStreamFramer()
+        try:
+            while data := await reader.read(65536):
+                for message in framer.feed(data):
+                    self.from_softphone(message, address)
+        except SipParseError as exc:
+            self.drops["malformed"] += 1
+            log.warning("SIP over TCP from %s:%d is broken (%s): connection closed", *address, exc)
+        except ConnectionError:
+            pass
+        finally:
+            if self._tcp.get(address) is writer:
+                del self._tcp[address]
+            writer.close()
 
     # -- liveness -------------------------------------------------------------
     async def _watch_softphones(self) -> None:
@@ -547,7 +609,8 @@ class SoftphoneProxy:
         call.probe_sent_at = now
         assert call.invite is not None
         probe = SipRequest("OPTIONS", call.softphone_contact, [])
-        probe.append("Via", str(make_via(self.host, self.port, new_branch())))
+        probe.append("Via", str(make_via(self.host, self.port, new_branch(),
+                                         transport=self._via_transport(call.softphone_address))))
         probe.append("Max-Forwards", "70")
         probe.append("From", call.to_header)  # we speak for the far end of the softphone's dialog
         probe.append("To", call.invite.get("From") or "")
@@ -610,7 +673,8 @@ class SoftphoneProxy:
         assert call.invite is not None
         call.cseq_shift += 1  # a CSeq above any Asterisk sent in this dialog
         bye = SipRequest("BYE", call.softphone_contact, [])
-        bye.append("Via", str(make_via(self.host, self.port, new_branch())))
+        bye.append("Via", str(make_via(self.host, self.port, new_branch(),
+                                       transport=self._via_transport(call.softphone_address))))
         bye.append("Max-Forwards", "70")
         bye.append("From", call.to_header)  # we speak for the far end of the softphone's dialog
         bye.append("To", call.invite.get("From") or "")

@@ -80,6 +80,7 @@ LIGHT_LABELS: dict[str, str] = {
 # Short words for why the light is red; the long sentence comes from the exception.
 REASON_LABELS: dict[str, str] = {
     "not-connected": "not connected yet",
+    "not-set-up": "not set up yet",
     "server-unreachable": "server unreachable",
     "server-certificate-rejected": "server certificate wrong",
     "server-certificate-revoked": "server certificate REVOKED",

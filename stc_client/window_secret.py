@@ -1,7 +1,8 @@
 """The window's per-install secret: whoever holds it is the user, as far as the window is concerned.
 
 Made on the client's first start and kept in a file only its user can read (0600, by default
-$XDG_CONFIG_HOME/stc-client/window-secret). The address the client prints for its user carries
+$XDG_CONFIG_HOME/stc-client/window-secret; on macOS and Windows in the folder stc_client/paths.py
+names, which on Windows is private to its user by the profile's ACL). The address the client prints for its user carries
 it (as Jupyter's does); `stc-client status` reads it from the file. Other local users and web
 pages cannot read the file, so they cannot talk to the window.
 """
@@ -12,8 +13,11 @@ import os
 import re
 import secrets
 import stat
+import sys
 import tempfile
 from pathlib import Path
+
+from .paths import user_config_dir
 
 FILE_NAME = "window-secret"
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{32,256}$")
@@ -23,22 +27,33 @@ class WindowSecretError(Exception):
     """The secret file cannot be read, made or trusted; the message names the file and what to do."""
 
 
+if sys.platform == "win32":
+    _OPEN_FLAGS = os.O_RDONLY | os.O_BINARY  # Windows has no O_NOFOLLOW
+else:
+    _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
+
+
 def default_secret_path() -> Path:
-    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config_home) / "stc-client" / FILE_NAME
+    return user_config_dir() / FILE_NAME
+
+
+def readable_by_others(mode: int) -> bool:
+    """Group or other bits set. Windows keeps who may read a file in its ACL, not in these bits
+    (os.stat always reports 0o666 or 0o444 there), so they say nothing there."""
+    return sys.platform != "win32" and bool(mode & (stat.S_IRWXG | stat.S_IRWXO))
 
 
 def read_secret(path: Path) -> str:
     """The secret in `path`; WindowSecretError if it is missing, unreadable, malformed or readable by others."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         raise WindowSecretError(f"no window secret at {path}: stc-client makes it on its first start") from None
     except OSError as exc:
         raise WindowSecretError(f"cannot read the window secret {path}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if readable_by_others(info.st_mode):
             raise WindowSecretError(f"the window secret {path} can be read by other users: "
                                     f"remove it (stc-client makes a new one) or `chmod 600` it")
         text = f.read(1024).decode("ascii", errors="replace").strip()

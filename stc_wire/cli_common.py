@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 from typing import TypeVar
 
 from .config import ConfigError, load_config
@@ -32,13 +33,56 @@ def setup_logging(level: str) -> None:
 
 
 async def run_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
-    """Start, then wait for SIGINT/SIGTERM and stop cleanly (so sockets and calls are released)."""
+    """Start, then wait for SIGINT/SIGTERM (Ctrl+C, Ctrl+Break on Windows) and stop cleanly (so
+    sockets and calls are released)."""
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
-    await start()
+    undo = catch_stop_signals(loop, done.set)
     try:
-        await done.wait()
+        await start()
+        try:
+            await done.wait()
+        finally:
+            await stop()
     finally:
-        await stop()
+        undo()
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    if sys.platform == "win32":
+        return (signal.SIGINT, signal.SIGTERM, signal.SIGBREAK)
+    return (signal.SIGINT, signal.SIGTERM)
+
+
+def catch_stop_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> Callable[[], None]:
+    """Run `callback` in `loop` on a stop signal; returns what puts the old handlers back.
+
+    The selector loops (POSIX) take signals themselves. Windows' proactor loop cannot
+    (add_signal_handler raises NotImplementedError): there a plain signal handler hands over with
+    call_soon_threadsafe, and the loop wakes for it through the wakeup fd it sets for signals.
+    """
+    sigs = stop_signals()
+    previous = {sig: signal.getsignal(sig) for sig in sigs}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    try:
+        for sig in sigs:
+            loop.add_signal_handler(sig, callback)
+    except NotImplementedError:
+        pass
+    else:
+        def remove_loop_handlers() -> None:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+            restore()
+        return remove_loop_handlers
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+
+    for sig in sigs:
+        signal.signal(sig, handler)
+    return restore

@@ -9,9 +9,11 @@ requests come back through it, and rewrites SDP so media goes to its relay.
 from __future__ import annotations
 
 import hashlib
+import re
+from dataclasses import replace
 
 from .sdp import AudioEndpoint, SessionDescription, SdpError, audio_endpoint, rewrite_for_relay, with_rtcp_mux
-from .sip import BRANCH_MAGIC_COOKIE, SipMessage, SipRequest, SipResponse, make_via, parse_name_addr, parse_via
+from .sip import BRANCH_MAGIC_COOKIE, SipMessage, SipRequest, SipResponse, make_via, parse_name_addr, parse_sip_uri, parse_via
 
 SDP_TYPE = "application/sdp"
 # Headers a client may never set: the server's per-call admission token travels in them.
@@ -25,9 +27,9 @@ def proxy_branch(secret: str, incoming_branch: str | None, method: str) -> str:
     return BRANCH_MAGIC_COOKIE + "stc" + hashlib.sha256(seed.encode()).hexdigest()[:24]
 
 
-def push_via(request: SipRequest, host: str, port: int, secret: str) -> None:
+def push_via(request: SipRequest, host: str, port: int, secret: str, *, transport: str = "UDP") -> None:
     top = request.top_via_branch
-    request.prepend("Via", str(make_via(host, port, proxy_branch(secret, top, request.method))))
+    request.prepend("Via", str(make_via(host, port, proxy_branch(secret, top, request.method), transport=transport)))
 
 
 def pop_own_via(response: SipResponse, host: str, port: int) -> bool:
@@ -39,11 +41,17 @@ def pop_own_via(response: SipResponse, host: str, port: int) -> bool:
     return True
 
 
-def point_contact_at(message: SipMessage, host: str, port: int) -> None:
+def point_contact_at(message: SipMessage, host: str, port: int, *, transport: str | None = None) -> None:
+    """Contact at our socket; `transport` ("tcp"): the peer must come back over that transport."""
     contact = message.get("Contact")
     if contact is None or contact.strip() == "*":
         return
-    message.set("Contact", str(parse_name_addr(contact).with_host_port(host, port)))
+    name_addr = parse_name_addr(contact).with_host_port(host, port)
+    if transport is not None:
+        uri = parse_sip_uri(name_addr.uri)
+        params = re.sub(r";transport=[^;]*", "", uri.params, flags=re.IGNORECASE) + f";transport={transport}"
+        name_addr = name_addr.with_uri(str(replace(uri, params=params)))
+    message.set("Contact", str(name_addr))
 
 
 def strip_private_headers(message: SipMessage) -> int:

@@ -210,7 +210,7 @@ class SippCaller:
             "-bind_local",  # SIP socket on local_ip, not 0.0.0.0
             "-mi", self.local_ip,
             "-mp", str(self.media_port),  # RTP in on this port; play_pcap_audio sends from it
-            "-ci", self.local_ip,  # SIPp's UDP control socket defaults to 0.0.0.0:8888
+            "-ci", self.control_ip,  # SIPp's UDP control socket defaults to 0.0.0.0:8888
             "-cp", str(self.control_port),
             "-s", self.service,
             "-d", str(self.hold_ms),
@@ -239,7 +239,7 @@ class SippCaller:
         self.sip_port = free_udp_port(self.local_ip)
         # SIPp binds the audio port and port+2 (video); keep RTCP's odd ports free too.
         self.media_port = free_udp_port(self.local_ip, span=4, even=True)
-        self.control_port = free_udp_port(self.local_ip)
+        self.control_port = free_udp_port(self.control_ip)
         cmd = self.command()
         logger.debug("starting %s", " ".join(cmd))
         with open(self._workdir / "stdout.log", "wb") as out:
@@ -254,6 +254,11 @@ class SippCaller:
         self._started_at = time.monotonic()
         _live_callers.add(self)
         return self
+
+    @property
+    def control_ip(self) -> str:
+        """SIPp's control socket is IPv4 only: loopback v4 beside an IPv6 phone."""
+        return "127.0.0.1" if ":" in self.local_ip else self.local_ip
 
     @property
     def running(self) -> bool:

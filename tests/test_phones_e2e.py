@@ -83,3 +83,32 @@ async def test_ipv6_tunnel_srtp_and_softphone(asterisk_lab: str, pki: TestPki,
         assert len(heard) > 50, f"the listener received only {len(heard)} speech packets"
         assert v6_frames > 100_000, "the tunnel and SRTP did not run over IPv6"
         assert stack.server.media.stats().inbound_packets > 100
+
+
+async def test_sip_over_tcp_on_the_clients_listener(asterisk_lab: str, pki: TestPki,
+                                                     sipp_callers: Callable[..., SippCaller]) -> None:
+    """A softphone that speaks SIP over TCP (SIPp -t t1) to stc-client: the call, its audio and
+    its BYE work as over UDP; Asterisk's side stays UDP."""
+    async with stc_stack(pki, ("alice", "bob")) as stack, AmiClient() as ami:
+        since = ami.mark()
+        listener = caller(sipp_callers, stack, "bob", codec=Codec.PCMA, hold_ms=10000)
+        listener.start()
+        await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
+        talker = caller(sipp_callers, stack, "alice", codec=Codec.PCMA, play_audio=True, hold_ms=8000,
+                        extra_args=("-t", "t1"))
+        with Capture(f"udp and dst host 127.0.0.1 and dst port {listener.media_port}") as at_listener, \
+                Capture(f"tcp and port {stack.sip_port('alice')}") as sip_tcp:
+            talker.start()
+            await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
+            assert [c for c in stack.clients["alice"].softphone.calls.values()
+                    if c.softphone_address in stack.clients["alice"].softphone._tcp]  # noqa: SLF001
+            for c in (talker, listener):
+                assert await c.wait_async(30) == 0, c.describe()
+        heard = [p for p in at_listener.packets() if len(p.payload) > 12 and len(set(p.payload[12:])) > 12]
+        tcp_sip = b"".join(p.payload for p in sip_tcp.packets())
+        at_listener.cleanup()
+        sip_tcp.cleanup()
+        assert b"INVITE sip:" in tcp_sip and b"SIP/2.0 200 OK" in tcp_sip and b"BYE sip:" in tcp_sip
+        assert b"SIP/2.0/TCP" in tcp_sip and b"transport=tcp" in tcp_sip  # our Contact brings it back over TCP
+        assert len(heard) > 50, f"the listener received only {len(heard)} speech packets"
+        await wait_until(lambda: not stack.clients["alice"].softphone._tcp, 5, "TCP connection closed")  # noqa: SLF001

@@ -103,3 +103,37 @@ async def test_no_tunnel_means_503_never_plaintext(pki: TestPki) -> None:
         answer = await exchange(stack.sip_port("alice"), invite(3, sdp()))
         assert answer is not None and answer.startswith(b"SIP/2.0 503")
         assert b"tunnel is down" in answer
+
+
+async def test_only_the_configured_softphone_may_use_the_client(pki: TestPki) -> None:
+    """sip.softphones: another local program gets 403 for anything it sends; the softphone passes."""
+    from dataclasses import replace
+
+    from stack import client_config
+    from stc_client.app import ClientApp
+
+    loop = asyncio.get_running_loop()
+    phone, other = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    for sock in (phone, other):
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+    async with stc_stack(pki) as stack:
+        config = client_config(pki, "alice", stack.server_port)
+        config = replace(config, sip=replace(config.sip, softphones=(f"127.0.0.1:{phone.getsockname()[1]}",)))
+        client = ClientApp(config)
+        await client.start()
+        stack.clients["alice"] = client
+        await asyncio.wait_for(client.tunnel_up.wait(), 10)
+        try:
+            answers = {}
+            for name, sock in (("other", other), ("phone", phone)):
+                request = invite(7, sdp("RTP/SAVP")).replace(b"{port}", str(sock.getsockname()[1]).encode())
+                await loop.sock_sendto(sock, request, ("127.0.0.1", client.softphone.port))
+                answers[name] = parse_message(await asyncio.wait_for(loop.sock_recv(sock, 65536), 3))
+            assert getattr(answers["other"], "status", None) == 403
+            assert getattr(answers["phone"], "status", None) == 488  # past the gate: refused for its SDP
+            assert client.softphone.drops["foreign-source"] == 1
+            assert not client.softphone.calls and stack.server.media.open_calls == 0
+        finally:
+            phone.close()
+            other.close()

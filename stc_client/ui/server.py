@@ -7,6 +7,8 @@ Routes:
     GET  /api/ws           websocket: one snapshot (JSON text) now and on every change
     GET  /api/settings     the settings form's current values (never the passphrase)
     POST /api/settings     validate, save atomically, then apply_settings(new config)
+    POST /api/first-start  no settings file yet: import a PKCS#12 file and the server's address
+                           (stc_client/first_start.py), then apply_settings(new config)
 
 Only loopback is served, and only to its user: every request must carry the
 per-install secret (stc_client/window_secret.py), which other local users
@@ -37,12 +39,13 @@ from aiohttp import WSCloseCode, web
 from stc_wire.config import ConfigError
 
 from ..config import ClientConfig
+from ..first_start import first_start_settings
 from ..settings import SettingsRejected, load_current, save_settings, settings_form, validate_settings
 from ..state import ClientState, StateSubscription
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
-MAX_BODY = 64 * 1024
+MAX_BODY = 256 * 1024  # the first-start page uploads a PKCS#12 file and a CA certificate
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -115,6 +118,7 @@ class UiServer:
         app.router.add_get("/api/ws", self._ws)
         app.router.add_get("/api/settings", self._get_settings)
         app.router.add_post("/api/settings", self._post_settings)
+        app.router.add_post("/api/first-start", self._post_first_start)
         app.on_response_prepare.append(self._headers)
         app.on_shutdown.append(self._close_sockets)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -214,7 +218,8 @@ class UiServer:
             config = load_current(self.config_path)
         except ConfigError as exc:
             return web.json_response({"ok": False, "errors": [{"field": "file", "message": str(exc)}]}, status=500)
-        return web.json_response({"ok": True, "settings": settings_form(config), "config_path": str(self.config_path)})
+        return web.json_response({"ok": True, "settings": settings_form(config), "config_path": str(self.config_path),
+                                  "first_start": not self.config_path.exists()})
 
     async def _post_settings(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":
@@ -235,22 +240,45 @@ class UiServer:
                 )
                 config = save_settings(self.config_path, change)
             except SettingsRejected as exc:
-                log.info("settings refused: %s", exc)
-                return web.json_response(
-                    {"ok": False, "saved": False, "errors": [{"field": e.field, "message": e.message} for e in exc.errors]},
-                    status=400,
-                )
-            log.info("settings saved to %s; applying", self.config_path)
+                return _rejected(exc)
+            return await self._saved(config)
+
+    async def _post_first_start(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return _refused(415, "form", "settings are sent as application/json")
+        try:
+            form = await request.json()
+        except ValueError:
+            return _refused(400, "form", "the request is not valid JSON")
+        async with self._settings_lock:
             try:
-                await self._apply(config)
-            except Exception as exc:  # the file is saved; say that applying it failed
-                log.exception("applying the new settings failed")
-                return web.json_response(
-                    {"ok": False, "saved": True, "errors": [{"field": "apply", "message": f"saved, but applying failed: {exc}"}],
-                     "settings": settings_form(config)},
-                    status=500,
-                )
+                config = first_start_settings(form, config_path=self.config_path,
+                                              now=self._clock() if self._clock else None)
+            except SettingsRejected as exc:
+                return _rejected(exc)
+            return await self._saved(config)
+
+    async def _saved(self, config: ClientConfig) -> web.Response:
+        log.info("settings saved to %s; applying", self.config_path)
+        try:
+            await self._apply(config)
+        except Exception as exc:  # the file is saved; say that applying it failed
+            log.exception("applying the new settings failed")
+            return web.json_response(
+                {"ok": False, "saved": True, "errors": [{"field": "apply", "message": f"saved, but applying failed: {exc}"}],
+                 "settings": settings_form(config)},
+                status=500,
+            )
         return web.json_response({"ok": True, "saved": True, "settings": settings_form(config)})
+
+
+def _rejected(exc: SettingsRejected) -> web.Response:
+    log.info("settings refused: %s", exc)
+    return web.json_response(
+        {"ok": False, "saved": False, "errors": [{"field": e.field, "message": e.message} for e in exc.errors]},
+        status=400,
+    )
+
 
 
 def _authorization_token(request: web.Request) -> str | None:

@@ -236,18 +236,18 @@
     $("settings-result").textContent = "";
   }
 
-  function showErrors(errors, saved) {
+  function showErrors(errors, saved, prefix = "", box = "settings-errors") {
     const list = el("ul");
     let first = null;
     for (const e of errors) {
-      const p = $(`${fieldId(e.field)}-error`);
-      const input = $(fieldId(e.field));
+      const p = $(`${prefix}${fieldId(e.field)}-error`);
+      const input = $(prefix + fieldId(e.field));
       if (p) { p.textContent = e.message; p.hidden = false; }
       if (input) { input.setAttribute("aria-invalid", "true"); first = first || input; }
       list.append(el("li", {}, e.message));
     }
     const head = saved ? "Saved, but not applied:" : `Nothing was saved: ${errors.length} problem${errors.length === 1 ? "" : "s"}.`;
-    $("settings-errors").replaceChildren(el("p", { class: "form-errors-title" }, head), list);
+    $(box).replaceChildren(el("p", { class: "form-errors-title" }, head), list);
     if (first) first.focus();
   }
 
@@ -274,6 +274,7 @@
       if (!body.ok) { showErrors(body.errors, false); return; }
       fillForm(body.settings);
       $("config-path").textContent = `Saved to ${body.config_path}. Relative paths are relative to its folder.`;
+      if (body.first_start) showFirstStart(body);
     } catch (e) {
       $("settings-result").textContent = "Could not read the settings from stc-client.";
     }
@@ -294,6 +295,7 @@
       const body = await res.json();
       if (body.ok) {
         fillForm(body.settings);
+        $("first-start").hidden = true; // set up through the full form instead: a settings file exists now
         $("settings-result").textContent = "Saved. stc-client is reconnecting with the new settings.";
       } else {
         $("settings-result").textContent = "";
@@ -302,6 +304,77 @@
     } catch (e) {
       $("settings-result").textContent = "";
       showErrors([{ field: "form", message: "stc-client did not answer; nothing was changed." }], false);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // ---- first start: no settings file yet ---------------------------------------------
+
+  const setupForm = () => $("setup-form");
+
+  function showFirstStart(body) {
+    const f = body.settings;
+    $("setup-server-host").value = "";
+    $("setup-server-port").value = f.server.port;
+    $("setup-sip-listen_port").value = f.sip.listen_port;
+    const folder = body.config_path.replace(/[\\/][^\\/]*$/, "");
+    $("setup-folder").textContent = `They are kept in ${folder}, readable only by you.`;
+    $("first-start").hidden = false;
+    $("setup-identity-pkcs12").focus();
+  }
+
+  function clearSetupErrors() {
+    for (const p of setupForm().querySelectorAll(".field-error")) { p.hidden = true; p.textContent = ""; }
+    for (const i of setupForm().querySelectorAll("[aria-invalid]")) i.removeAttribute("aria-invalid");
+    $("setup-errors").replaceChildren();
+    $("setup-result").textContent = "";
+  }
+
+  // A chosen file as JSON can carry it (settings are only ever sent as application/json).
+  async function fileUpload(input) {
+    const file = input.files && input.files[0];
+    if (!file) return null;
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    let binary = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return { name: file.name, data: btoa(binary) };
+  }
+
+  async function submitSetup(ev) {
+    ev.preventDefault();
+    clearSetupErrors();
+    const button = $("setup-save");
+    button.disabled = true;
+    $("setup-result").textContent = "Checking…";
+    try {
+      const form = {
+        server: { host: $("setup-server-host").value, port: $("setup-server-port").value, name: $("setup-server-name").value },
+        identity: {
+          pkcs12_file: await fileUpload($("setup-identity-pkcs12")),
+          pkcs12_passphrase: $("setup-identity-pkcs12_passphrase").value,
+          ca_bundle_file: await fileUpload($("setup-identity-ca_bundle")),
+        },
+        sip: { listen_port: $("setup-sip-listen_port").value },
+      };
+      const res = await fetch("/api/first-start", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(form),
+      });
+      const body = await res.json();
+      if (body.ok) {
+        setupForm().reset();
+        $("first-start").hidden = true;
+        fillForm(body.settings);
+        $("settings-result").textContent = "Set up. stc-client is connecting to the server.";
+      } else {
+        $("setup-result").textContent = "";
+        showErrors(body.errors || [{ field: "form", message: `stc-client answered ${res.status}` }], body.saved, "setup-", "setup-errors");
+      }
+    } catch (e) {
+      $("setup-result").textContent = "";
+      showErrors([{ field: "form", message: "stc-client did not answer; nothing was changed." }], false, "setup-", "setup-errors");
     } finally {
       button.disabled = false;
     }
@@ -319,6 +392,7 @@
   forgetTokenInAddress();
   document.addEventListener("DOMContentLoaded", () => {
     form().addEventListener("submit", submit);
+    setupForm().addEventListener("submit", submitSetup);
     for (const r of form().querySelectorAll('input[name="identity.kind"]')) r.addEventListener("change", () => showKind(r.value));
     $("settings-reset").addEventListener("click", () => { clearErrors(); if (saved) fillForm(saved); });
     loadSettings();
