@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     async def start() -> None:
         await app.start()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+        if sys.platform != "win32":  # stc-server runs beside Asterisk; SIGHUP is POSIX
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
     try:
         asyncio.run(run_until_signal(start, app.close))
