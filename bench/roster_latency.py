@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from stc_asterisk.app import ServerApp
 from stc_asterisk.config import (
+    AdminSettings,
     AsteriskSettings,
     MediaSettings,
     ServerConfig,
@@ -163,6 +164,7 @@ def server_config(pki: BenchPki) -> ServerConfig:
         asterisk=AsteriskSettings(sip_host=ASTERISK_SIP[0], sip_port=ASTERISK_SIP[1],
                                   ari_password=lab_secret("ari-password"), ami_secret=lab_secret("ami-secret")),
         media=MediaSettings(wan_host=WAN_HOST, pbx_host=LOCAL),
+        admin=AdminSettings(port=0),
     )
 
 

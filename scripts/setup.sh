@@ -34,8 +34,18 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
     .venv/bin/pip install -q --upgrade pip >/dev/null
 fi
-# Every time: quick when nothing changed, and picks up a changed pyproject.toml.
-.venv/bin/pip install -q -e '.[test]'
+# Every time: quick when nothing changed, and picks up a changed pyproject.toml. pip's and the
+# build backend's chatter (setuptools' notice about editable installs, index locations) goes to a
+# log that is shown only if the install fails.
+say "installing stc into .venv (editable, with the test tools)"
+pip_log=$(mktemp)
+if ! .venv/bin/pip install -q -e '.[test]' >"$pip_log" 2>&1; then
+    cat "$pip_log" >&2
+    rm -f "$pip_log"
+    echo "$CALLER: pip install -e '.[test]' failed (output above)" >&2
+    exit 1
+fi
+rm -f "$pip_log"
 
 say "Asterisk lab (Debian sid root with Asterisk 22, SIPp, tshark)"
 bash scripts/asterisk-lab.sh setup

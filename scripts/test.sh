@@ -22,6 +22,13 @@ if ! command -v baresip >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends baresip-core >/dev/null
 fi
 
+# tests/test_service_units.py checks the systemd units with systemd-analyze.
+if ! command -v systemd-analyze >/dev/null; then
+    printf '== %s\n' "installing systemd (systemd-analyze) for the unit file checks" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+
 printf '== %s\n' "static checks (ruff, mypy)" >&2
 .venv/bin/ruff check --quiet stc_wire stc_asterisk stc_client stc_pki tests bench
 .venv/bin/mypy --no-error-summary

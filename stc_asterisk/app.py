@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+
 from stc_wire.srtp import SrtpProfile
 
+from .audit import AuditLog, AuditSink, NoAudit
 from .config import ServerConfig
 from .media import MediaRelay
+from .metrics import ServerMetrics
 from .sip_relay import TunnelCalls
+from .supervise import supervise
 from .tunnel_server import TunnelPeer, TunnelServer
 
 if TYPE_CHECKING:
+    from .admin import AdminServer
     from .rooms import RoomService
 
 log = logging.getLogger(__name__)
@@ -37,6 +46,11 @@ class ServerApp:
         self.tunnels: TunnelServer | None = None
         self.rooms: "RoomService | None" = None
         self.sessions: dict[str, TunnelCalls] = {}
+        self.metrics = ServerMetrics(self)
+        self.admin: "AdminServer | None" = None
+        self.audit: AuditSink = NoAudit()
+        self._audit_log: AuditLog | None = None
+        self._audit_signing: asyncio.Task[None] | None = None
 
     async def _new_session(self, peer: TunnelPeer) -> TunnelCalls:
         calls = TunnelCalls(self, peer)
@@ -44,7 +58,35 @@ class ServerApp:
         self.sessions[peer.id] = calls
         return calls
 
+    def _open_audit(self) -> None:
+        settings = self.config.audit
+        if settings.path is None:
+            return
+        key, signer = self._server_key()
+        self._audit_log = AuditLog(settings.path, key, signer, rotate_bytes=settings.rotate_bytes)  # type: ignore[arg-type]
+        self.audit = self._audit_log
+        self._audit_signing = asyncio.create_task(supervise("the audit log's signing", self._sign_audit, log))
+        self.audit.record("server-started", signer=signer)
+
+    def _server_key(self) -> tuple[object, str]:
+        """The TLS key and the SHA-256 of the certificate, which names the signer in the audit log."""
+        key = load_pem_private_key(self.config.tunnel.key.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(self.config.tunnel.cert.read_bytes())
+        return key, hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+    async def _sign_audit(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.audit.sign_interval)
+            if self._audit_log is not None:
+                self._audit_log.sign()
+
     async def start(self) -> None:
+        tunnel = self.config.tunnel
+        if tunnel.crl_url and not tunnel.crl.exists():  # first start: no local copy to fall back on yet
+            from .crl import CrlFetcher
+
+            await CrlFetcher(tunnel.crl_url, tunnel.ca_bundle, tunnel.crl).fetch()
+        self._open_audit()
         if self.config.asterisk.watch_conferences:
             from .rooms import RoomService
 
@@ -52,11 +94,45 @@ class ServerApp:
             self.admissions = self.rooms
             await self.rooms.start()
         self.tunnels = TunnelServer(self.config.tunnel, self._new_session, capabilities=CAPABILITIES)
+        self.tunnels.audit = self.audit
         await self.tunnels.start()
+        if self.config.admin.enabled:
+            from .admin import AdminServer
+
+            self.admin = AdminServer(self, self.config.admin)
+            await self.admin.start()
+
+    async def reload(self, config: ServerConfig | None) -> None:
+        """SIGHUP: the CRL refreshed, certificate, key, CA bundle and CRL loaded again, and (from a re-read
+        settings file) the room policy replaced; tunnels and calls that are still acceptable stay up."""
+        if config is not None and self.rooms is not None:
+            from .fastagi import RoomPolicy
+
+            policy = RoomPolicy.from_mapping(config.rooms.policy)
+            self.rooms.policy = policy
+            self.rooms.admission.set_policy(policy)
+            self.config.rooms = config.rooms
+            log.info("reload: room policy replaced")
+        if self.tunnels is not None:
+            await self.tunnels.reload()
+        if self._audit_log is not None:
+            try:
+                key, signer = self._server_key()
+            except (OSError, ValueError) as exc:
+                log.error("reload: the audit log keeps signing with the previous key: %s", exc)
+            else:
+                self._audit_log.change_key(key, signer)  # type: ignore[arg-type]
 
     async def close(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
         if self.tunnels is not None:
             await self.tunnels.close()
         if self.rooms is not None:
             await self.rooms.close()
         self.media.close()
+        if self._audit_signing is not None:
+            self._audit_signing.cancel()
+        if self._audit_log is not None:
+            self.audit.record("server-stopped")
+            self._audit_log.close()

@@ -39,6 +39,16 @@ class TunnelSettings:
     socket_send_buffer: int = 64 * 1024
     # How often connected clients are checked again (CRL or CA bundle changed, certificate expired).
     trust_recheck_interval: float = 10.0
+    # The CRL's distribution point (http:// or https://), fetched into `crl` (the local copy, kept
+    # for restarts) at start, every crl_refresh_interval, at the latest crl_refresh_margin before the
+    # CRL's nextUpdate, and on SIGHUP. Empty: `crl` is a file someone else keeps current.
+    crl_url: str = ""
+    crl_refresh_interval: float = 300.0
+    crl_refresh_margin: float = 3600.0
+    # A CRL that cannot be refreshed is a warning and a metric (stc_crl_refresh_failing) at once; past
+    # its nextUpdate, new clients are still checked against it for this many seconds, then refused
+    # and every tunnel closed (fail closed). 0: at nextUpdate.
+    crl_fail_closed_after: float = 0.0
 
     def validate(self) -> None:
         if not port_ok(self.listen_port):
@@ -51,6 +61,13 @@ class TunnelSettings:
             raise ValueError("keepalive_timeout: must be longer than keepalive_interval")
         if self.pending_handshakes < 1 or self.pending_handshakes_per_source < 1:
             raise ValueError("pending_handshakes, pending_handshakes_per_source: must be at least 1")
+        if self.crl_url and not self.crl_url.startswith(("http://", "https://")):
+            raise ValueError(f"crl_url: {self.crl_url!r} is not an http(s) URL")
+        if self.crl_refresh_interval <= 0:
+            raise ValueError("crl_refresh_interval: must be positive")
+        for name in ("crl_refresh_margin", "crl_fail_closed_after"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must not be negative")
         if self.socket_send_buffer < 0:
             raise ValueError("socket_send_buffer: must be 0 (the kernel's) or a size in bytes")
 
@@ -219,12 +236,46 @@ class LimitSettings:
 
 
 @dataclass
+class AuditSettings:
+    """The audit trail (see stc_asterisk/audit.py): off unless `path` is set."""
+
+    path: Path | None = None
+    sign_interval: float = 60.0  # the chain head is signed this often (if anything was added), and at stop
+    rotate_bytes: int = 64 * 1024 * 1024  # a file past this size is signed, renamed PATH.<UTC time>, and a new one begun
+
+    def validate(self) -> None:
+        if self.sign_interval <= 0:
+            raise ValueError("sign_interval: must be positive")
+        if self.rotate_bytes < 0:
+            raise ValueError("rotate_bytes: must be 0 (never) or a size in bytes")
+
+
+@dataclass
+class AdminSettings:
+    """The operator's HTTP endpoints: /metrics (Prometheus text format), /healthz, /readyz.
+
+    Loopback by default: they tell who is connected and from where, so expose them only to
+    the monitoring network. Port 0 takes any free port (tests).
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9477
+
+    def validate(self) -> None:
+        if not port_ok(self.port) and self.port != 0:
+            raise ValueError(f"port: {self.port} is not a TCP port")
+
+
+@dataclass
 class ServerConfig:
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     asterisk: AsteriskSettings = field(default_factory=AsteriskSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     rooms: RoomSettings = field(default_factory=RoomSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     log_level: str = "INFO"
 
     def validate(self) -> None:

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from stc_wire import messages as wire
 from stc_wire.binding import Binding, BindingRejected, BindingSigner, BindingVerifier
 from stc_wire.identity import PeerIdentity
-from stc_wire.roster import RosterSigner, RosterVersions, iso_utc
+from stc_wire.roster import Roster, RosterEntry, RosterSigner, RosterVersions, iso_utc
 
 from .ami import AmiClient
 from .ari import AriClient
@@ -92,8 +92,8 @@ class RoomService:
         self.policy = RoomPolicy.from_mapping(config.rooms.policy)
         self.tokens: TokenBook[TokenGrant] = TokenBook(config.limits.token_ttl)
         ast = config.asterisk
-        self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {
-            "stc-admit": make_admission_handler(self.lookup_token, self.policy, self.on_admit)},
+        self.admission = make_admission_handler(self.lookup_token, self.policy, self.on_admit, on_refuse=self.on_refuse)
+        self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {"stc-admit": self.admission},
             allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source)
         self.ari = AriClient(ast.ari_url, ast.ari_user, ast.ari_password, ast.ari_app)
         self.ami = AmiClient(ast.ami_host, ast.ami_port, ast.ami_user, ast.ami_secret, on_event=self._ami_event,
@@ -103,6 +103,8 @@ class RoomService:
         self._push_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ejecting: set[str] = set()
+        self._flagged: set[str] = set()  # UNAUTHENTICATED channels already counted as seen
+        self._audited: dict[str, dict[str, RosterEntry]] = {}  # room -> channel -> entry, as last audited
         self._scan_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -166,6 +168,12 @@ class RoomService:
         # The channel is not in the bridge yet (the AGI runs before ConfBridge): the roster goes
         # out when ARI reports it entering, unless the binding changed a room's view already.
         self._changed(self.conference.bind(request.uniqueid, identity))
+        self.app.audit.record("admitted", room=room, channel_id=request.uniqueid, subject=identity.subject,
+                              fingerprint=identity.fingerprint_sha256)
+
+    def on_refuse(self, request: AgiRequest, room: str, reason: str) -> None:
+        self.app.audit.record("admission-refused", room=room[:80], channel_id=request.uniqueid,
+                              caller_id=f"{request.calleridname} <{request.callerid}>", reason=reason)
 
     # -- Asterisk events ------------------------------------------------------------
     async def _ari_connected(self) -> None:
@@ -303,18 +311,19 @@ class RoomService:
     def _changed(self, rooms: set[str]) -> None:
         if not rooms:
             return
-        task = asyncio.get_running_loop().create_task(self._push(rooms))
+        task = asyncio.get_running_loop().create_task(self._push(rooms, time.monotonic()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(log_failure(log, f"roster push for {', '.join(sorted(rooms))}"))
 
-    async def _push(self, rooms: set[str]) -> None:
+    async def _push(self, rooms: set[str], changed_at: float) -> None:
         # A member admitted elsewhere is not UNAUTHENTICATED: wait for its binding before telling anyone.
         await asyncio.gather(*self._binding_checks.values(), return_exceptions=True)
         async with self._push_lock:  # versions go out in order; pushing only queues, never waits on a peer
             for room in sorted(rooms):
                 self._police_listeners(room)
                 self._push_room(room)
+                self.app.metrics.roster_pushed(time.monotonic() - changed_at)
         for room in sorted(rooms):
             await self._enforce(room)
 
@@ -323,6 +332,9 @@ class RoomService:
         version = self.versions.next(room, time.time_ns() // 1000)
         roster = self.conference.roster(room, server_id=self.server_id, version=version, issued_at=iso_utc(now))
         signed = self.signer.sign(roster).to_bytes()
+        self._audit_membership(roster)
+        self.app.audit.record("roster-pushed", room=room, version=version, participants=len(roster.entries),
+                              state=roster.state)
         for session in list(self.app.sessions.values()):
             if any(call.room == room and call.confirmed for call in session.calls.values()):
                 try:
@@ -332,7 +344,28 @@ class RoomService:
         log.info("room %s roster v%d: %d participant(s), %d unauthenticated, %d hidden listener(s), state %s", room,
                  version, len(roster.entries), len(roster.unauthenticated), len(roster.listeners), roster.state)
 
+    def _audit_membership(self, roster: Roster) -> None:
+        """Joins and leaves since the room's last roster (none while the state is unknown: Asterisk
+        is away, and who left is told after it is back)."""
+        if roster.state != "ok":
+            return
+        before = self._audited.pop(roster.room, {})
+        now = {e.channel_id: e for e in roster.entries}
+        for channel_id, entry in now.items():
+            if channel_id not in before:
+                self.app.audit.record("join", room=roster.room, channel_id=channel_id, channel=entry.channel_name,
+                                      joined_at=entry.joined_at, **_who(entry))
+        for channel_id, entry in before.items():
+            if channel_id not in now:
+                self.app.audit.record("leave", room=roster.room, channel_id=channel_id, channel=entry.channel_name,
+                                      **_who(entry))
+        if now:
+            self._audited[roster.room] = now
+
     async def _enforce(self, room: str) -> None:
+        present = {c.channel_id for c in self.conference.unauthenticated()}
+        self.app.metrics.rooms.unauthenticated_seen += len(present - self._flagged)
+        self._flagged = present
         if self.app.config.rooms.unauthenticated != "eject":
             return
         # Forget channels already gone, so the set holds only ejections still under way.
@@ -344,7 +377,10 @@ class RoomService:
             log.warning("UNAUTHENTICATED channel %s (%s) in room %s: ejecting", channel.channel_name,
                         channel.channel_id, room)
             try:
-                await self.ari.hangup_channel(channel.channel_id, reason="normal")
+                if await self.ari.hangup_channel(channel.channel_id, reason="normal"):
+                    self.app.metrics.rooms.unauthenticated_ejected += 1
+                    self.app.audit.record("ejected", room=room, channel_id=channel.channel_id, channel=channel.channel_name,
+                                          reason="unauthenticated")
             except Exception as exc:
                 log.error("could not eject %s: %s", channel.channel_name, exc)
                 self._ejecting.discard(channel.channel_id)
@@ -409,3 +445,11 @@ class RoomService:
             await self.ari.hangup_channel(listener.channel_id, reason="normal")  # False: already gone
             return True
         return False
+
+
+def _who(entry: RosterEntry) -> dict[str, Any]:
+    """The certificate a roster entry stands for, or the unverified caller id of an UNAUTHENTICATED one."""
+    if entry.identity is None:
+        return {"unauthenticated": True, "caller_id": entry.caller_id}
+    return {"subject": entry.identity.get("subject"), "display_name": entry.identity.get("display_name"),
+            "fingerprint": entry.identity.get("fingerprint_sha256")}

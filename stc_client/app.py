@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 from collections import deque
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from stc_wire.srtp import SrtpProfile
 from .config import ClientConfig, softphone_address
 from .media import ClientMedia
 from .softphone import ClientCall, SoftphoneProxy
-from .state import ClientState, listener_message
+from .state import ClientState, MediaCounters, listener_message
 from .tunnel_client import ClientTunnel, TunnelRefused, open_tunnel
 from .window_secret import load_or_create_secret
 
@@ -45,6 +46,7 @@ class ClientApp:
         self._verifier: RosterVerifier | None = None
         self._verifier_key: object = None
         self._end_reason = ""  # why the last call ended, for the window
+        self._counters: asyncio.Task[None] | None = None
         self._build(config)
 
     def _build(self, config: ClientConfig) -> None:
@@ -81,6 +83,7 @@ class ClientApp:
                                    "(PKCS#12 file) and the server's address below")
             return
         self._task = asyncio.create_task(self._keep_tunnel())
+        self._counters = asyncio.create_task(self._count_media())
 
     @property
     def needs_setup(self) -> bool:
@@ -96,9 +99,10 @@ class ClientApp:
         await self.softphone.close()
         if self.tunnel is not None:
             await self.tunnel.close("client shutting down")
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._counters):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self.media.close()
 
     async def apply_settings(self, config: ClientConfig) -> None:
@@ -110,6 +114,26 @@ class ClientApp:
         self.tunnel_up.clear()
         await self.softphone.start()
         self._task = asyncio.create_task(self._keep_tunnel())
+        self._counters = asyncio.create_task(self._count_media())
+
+    async def _count_media(self) -> None:
+        """Once a second, the current call's packet counters into the window's state."""
+        seen: tuple[str, int, int] | None = None
+        moved_at: datetime | None = None
+        while True:
+            await asyncio.sleep(1.0)
+            call = self.softphone.active_call
+            if call is None:
+                seen = moved_at = None
+                continue
+            try:
+                stats = self.media.stats(call.stream_id)
+            except KeyError:
+                continue
+            now = (call.stream_id, stats.outbound_packets, stats.inbound_packets)
+            if now != seen:
+                seen, moved_at = now, datetime.now(timezone.utc)
+            self.state.set_media(MediaCounters(stats.outbound_packets, stats.inbound_packets, stats.drops, moved_at))
 
     def _call_ended(self, call: ClientCall) -> None:
         self._end_reason = call.end_reason

@@ -38,6 +38,8 @@ Snapshot schema (`ClientState.snapshot()`, JSON-ready, `schema` = 1):
     listeners     list of {"kind", "hears", "hears_name", "channel", "since", "action",
                   "message"}: what else hears the room (the roster's listeners), "message"
                   in words ("Alice's line is being recorded (MixMonitor): stc is stopping it")
+    media         the current call's audio: {"sent", "received", "dropped", "last_packet_at"} (packets;
+                  ISO 8601 UTC or null), or null outside a call
     warnings      list of {"kind", "message"}; kind is "unauthenticated" (a channel
                   without a certificate is in the room), "listener" (one per listener),
                   "roster-rejected" (a roster's signature/version/room did not check out;
@@ -104,6 +106,16 @@ class CallInfo:
     room: str
     srtp_profile: str
     since: datetime
+
+
+@dataclass(frozen=True)
+class MediaCounters:
+    """The current call's audio, as the client relays it: so a user can see that audio flows."""
+
+    sent: int  # packets from the softphone, protected and sent to the server
+    received: int  # packets from the server, verified and handed to the softphone
+    dropped: int  # refused (forged, replayed, malformed, unkeyed, from elsewhere)
+    last_packet_at: datetime | None  # when either count last moved
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,7 @@ class ClientState:
         self._me: dict[str, Any] | None = None
         self._call: CallInfo | None = None
         self._roster: Roster | None = None
+        self._media: MediaCounters | None = None
         self._roster_received_at: datetime | None = None
         self._rejection: RosterRejection | None = None
         self._history: list[dict[str, str]] = []
@@ -354,7 +367,15 @@ class ClientState:
         self._history.extend({"at": at, "kind": kind, "message": message} for kind, message in events)
         del self._history[:-MAX_HISTORY]
 
+    def set_media(self, counters: MediaCounters) -> None:
+        """The current call's media counters (ignored outside a call; pushed only when they change)."""
+        if self._call is None or counters == self._media:
+            return
+        self._media = counters
+        self._changed()
+
     def _end_call(self) -> None:
+        self._media = None
         self._call = None
         self._roster = None
         self._roster_received_at = None
@@ -403,6 +424,12 @@ class ClientState:
             "listeners": [] if roster is None else [listener_row(li, roster, me_fingerprint) for li in roster.listeners],
             "warnings": self._warnings(),
             "history": list(self._history),
+            "media": None if self._call is None or self._media is None else {
+                "sent": self._media.sent,
+                "received": self._media.received,
+                "dropped": self._media.dropped,
+                "last_packet_at": iso_utc(self._media.last_packet_at) if self._media.last_packet_at else None,
+            },
         }
 
     def _warnings(self) -> list[dict[str, str]]:

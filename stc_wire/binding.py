@@ -55,7 +55,7 @@ from stc_wire.roster import (
     algorithm_for,
     canonical_json,
     sign_data,
-    signature_valid,
+    verify_data,
 )
 
 BINDING_FORMAT = 1
@@ -176,7 +176,8 @@ class BindingSigner:
         if len(payload) > 0xFFFF:
             raise BindingRejected("too-long", f"payload of {len(payload)} bytes")
         head = _HEAD.pack(BINDING_FORMAT, self._algorithm.code, self.signer, len(payload))
-        text = _b64encode(head + payload + sign_data(self._key, _signed_data(head, payload)))
+        _, signature = sign_data(self._key, _signed_data(head, payload))
+        text = _b64encode(head + payload + signature)
         if len(text) > MAX_BINDING_CHARS:
             raise BindingRejected("too-long", f"{len(text)} characters, at most {MAX_BINDING_CHARS} fit Asterisk")
         return text
@@ -216,7 +217,7 @@ class BindingVerifier:
         if algorithm != algorithm_for(key).code:
             raise BindingRejected("bad-signature", "the algorithm does not match the signer's key")
         payload = data[_HEAD.size:end]
-        if not signature_valid(key, _signed_data(data[:_HEAD.size], payload), data[end:]):
+        if not verify_data(key, algorithm, _signed_data(data[:_HEAD.size], payload), data[end:]):
             raise BindingRejected("bad-signature", "the signature does not verify")
         try:
             return Binding.from_payload(payload)

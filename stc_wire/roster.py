@@ -375,20 +375,27 @@ def algorithm_for(key: PrivateKey | PublicKey) -> _Algorithm:
     raise ValueError(f"unsupported key type {type(key).__name__}")
 
 
-def sign_data(key: PrivateKey, data: bytes) -> bytes:
-    """`data` signed with `key` by algorithm_for(key) (shared by rosters and admission bindings)."""
+def _signed_data(code: int, payload: bytes) -> bytes:
+    return SIGNATURE_CONTEXT + bytes([code]) + payload
+
+
+def sign_data(key: PrivateKey, data: bytes) -> tuple[int, bytes]:
+    """(algorithm code, signature) over `data` with stc's algorithm for this key. The caller puts
+    its own context string in `data`, so a signature made for one purpose never passes for another."""
     algorithm = algorithm_for(key)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         digest = hashes.SHA256() if algorithm is ECDSA_P256_SHA256 else hashes.SHA384()
-        return key.sign(data, ec.ECDSA(digest))
+        return algorithm.code, key.sign(data, ec.ECDSA(digest))
     if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(data, _PSS, hashes.SHA256())
-    return key.sign(data)
+        return algorithm.code, key.sign(data, _PSS, hashes.SHA256())
+    return algorithm.code, key.sign(data)
 
 
-def signature_valid(public_key: PublicKey, data: bytes, signature: bytes) -> bool:
-    """True if `signature` over `data` verifies with `public_key` by algorithm_for(public_key)."""
+def verify_data(public_key: PublicKey, code: int, data: bytes, signature: bytes) -> bool:
+    """True if `signature` over `data` was made by this key's owner with algorithm `code`."""
     algorithm = algorithm_for(public_key)
+    if code != algorithm.code:
+        return False
     try:
         if isinstance(public_key, ec.EllipticCurvePublicKey):
             digest = hashes.SHA256() if algorithm is ECDSA_P256_SHA256 else hashes.SHA384()
@@ -400,10 +407,6 @@ def signature_valid(public_key: PublicKey, data: bytes, signature: bytes) -> boo
     except InvalidSignature:
         return False
     return True
-
-
-def _signed_data(code: int, payload: bytes) -> bytes:
-    return SIGNATURE_CONTEXT + bytes([code]) + payload
 
 
 @dataclass(frozen=True)
@@ -466,7 +469,15 @@ class RosterSigner:
 
     def sign(self, roster: Roster) -> SignedRoster:
         payload = roster.canonical_bytes()
-        signature = sign_data(self._key, _signed_data(self._algorithm.code, payload))
+        data = _signed_data(self._algorithm.code, payload)
+        key = self._key
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            digest = hashes.SHA256() if self._algorithm is ECDSA_P256_SHA256 else hashes.SHA384()
+            signature = key.sign(data, ec.ECDSA(digest))
+        elif isinstance(key, rsa.RSAPrivateKey):
+            signature = key.sign(data, _PSS, hashes.SHA256())
+        else:
+            signature = key.sign(data)
         signed = SignedRoster(self._algorithm.code, payload, signature)
         if len(signed.to_bytes()) > MAX_SIGNED_ROSTER:
             raise RosterError(f"signed roster for room {roster.room} exceeds {MAX_SIGNED_ROSTER} bytes")
@@ -480,8 +491,17 @@ def verify_signature(public_key: PublicKey, signed: SignedRoster) -> None:
         raise RosterRejected(
             "bad-signature", f"signed with {signed.algorithm_name}, the server key uses {algorithm.name}"
         )
-    if not signature_valid(public_key, _signed_data(signed.algorithm, signed.payload), signed.signature):
-        raise RosterRejected("bad-signature", "the signature does not verify with the server key")
+    data = _signed_data(signed.algorithm, signed.payload)
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            digest = hashes.SHA256() if algorithm is ECDSA_P256_SHA256 else hashes.SHA384()
+            public_key.verify(signed.signature, data, ec.ECDSA(digest))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signed.signature, data, _PSS, hashes.SHA256())
+        else:
+            public_key.verify(signed.signature, data)
+    except InvalidSignature:
+        raise RosterRejected("bad-signature", "the signature does not verify with the server key") from None
 
 
 class RosterVerifier:

@@ -20,6 +20,7 @@ from sipp import free_udp_port
 
 from stc_asterisk.app import ServerApp
 from stc_asterisk.config import (
+    AdminSettings,
     AsteriskSettings,
     MediaSettings,
     RoomSettings,
@@ -54,6 +55,7 @@ def server_config(pki: TestPki, *, listen_port: int = 0, unauthenticated: str = 
                                   fastagi_port=FASTAGI_PORT if asterisk_lab.lab_started_here() else 0),
         media=replace(MediaSettings(wan_host=WAN_HOST, pbx_host="127.0.0.1"), **media),  # type: ignore[arg-type]
         rooms=RoomSettings(unauthenticated=unauthenticated, hidden_listeners=hidden_listeners),
+        admin=AdminSettings(port=0),  # /metrics, /healthz, /readyz on a free loopback port
     )
 
 

@@ -304,3 +304,21 @@ def test_status_table_when_red() -> None:
     assert "Status:   RED - Not connected" in text
     assert "Why:      refused certificate: the server refused this client's certificate" in text
     assert "Call:     none" in text and "NAME" not in text
+
+
+def test_media_counters_show_only_during_a_call() -> None:
+    from stc_client.state import MediaCounters
+
+    state = ClientState(clock=Clock())
+    state.set_media(MediaCounters(1, 2, 0, None))  # no call: nothing to show it in
+    assert state.snapshot()["media"] is None
+    state = in_call()
+    at = datetime(2026, 5, 1, 10, 0, 1, tzinfo=timezone.utc)
+    seq = state.snapshot()["seq"]
+    state.set_media(MediaCounters(50, 48, 1, at))
+    assert state.snapshot()["media"] == {"sent": 50, "received": 48, "dropped": 1,
+                                         "last_packet_at": "2026-05-01T10:00:01.000000Z"}
+    state.set_media(MediaCounters(50, 48, 1, at))  # unchanged: no push
+    assert state.snapshot()["seq"] == seq + 1
+    state.call_ended("you hung up")
+    assert state.snapshot()["media"] is None

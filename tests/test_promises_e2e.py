@@ -165,6 +165,8 @@ async def test_the_demo_talker_is_heard_through_a_whole_minute(
             await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
             started = time.time()
             await asyncio.sleep(60)
+            # The windows show that audio flows: the talker's client sends, the listener's receives.
+            talking, hearing = (stack.clients[u].state.snapshot()["media"] for u in ("alice", "bob"))
         heard = at_listener.packets()
         at_listener.cleanup()
         talker.kill()
@@ -173,6 +175,8 @@ async def test_the_demo_talker_is_heard_through_a_whole_minute(
     loud = [p.time - started for p in heard if len(p.payload) > 12 and len(set(p.payload[12:])) > 12]
     per_window = [sum(1 for t in loud if w <= t < w + 10) for w in range(0, 60, 10)]
     assert all(n > 50 for n in per_window), f"speech packets at the listener per 10 s: {per_window}"
+    assert talking is not None and talking["sent"] > 1000 and talking["last_packet_at"] is not None, talking
+    assert hearing is not None and hearing["received"] > 2500 and hearing["dropped"] == 0, hearing
     assert stats.replay_drops == 0, stats
 
 

@@ -196,6 +196,7 @@ class AdmissionCounters:
 
 
 OnAdmit = Callable[[AgiRequest, Any, str], None]
+OnRefuse = Callable[[AgiRequest, str, str], None]  # (request, room, reason)
 
 
 def room_of(request: AgiRequest) -> str:
@@ -226,17 +227,23 @@ class AdmissionHandler:
         *,
         header: str = TOKEN_HEADER,
         max_bindings: int = 4096,
+        on_refuse: OnRefuse | None = None,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9-]+", header):
             raise ValueError(f"bad SIP header name {header!r}")
         self._lookup_token = lookup_token
         self._policy = policy
         self._on_admit = on_admit
+        self._on_refuse = on_refuse
         self._expression = f"${{PJSIP_HEADER(read,{header})}}"
         self._max_bindings = max_bindings
         # token digest -> channel uniqueid: a token admits one channel only.
         self._bound: OrderedDict[str, str] = OrderedDict()
         self.counters = AdmissionCounters()
+
+    def set_policy(self, policy: RoomPolicy) -> None:
+        """A reloaded room policy: for channels admitted from now on (those in a room stay)."""
+        self._policy = policy
 
     async def __call__(self, session: AgiSession) -> None:
         request = session.request
@@ -315,6 +322,11 @@ class AdmissionHandler:
     async def _refuse(self, session: AgiSession, reason: str, detail: str) -> None:
         self.counters.refused[reason] += 1
         session.log.warning("refused (%s): %s; hanging up", reason, detail)
+        if self._on_refuse is not None:
+            try:
+                self._on_refuse(session.request, room_of(session.request), reason)
+            except Exception:
+                session.log.exception("on_refuse failed")
         try:
             await session.set_variable("STC_REFUSED", reason)
             await session.hangup()
@@ -330,6 +342,7 @@ def make_admission_handler(
     on_admit: OnAdmit,
     *,
     header: str = TOKEN_HEADER,
+    on_refuse: OnRefuse | None = None,
 ) -> AdmissionHandler:
     """The `stc-admit` handler for FastAgiServer(handlers={"stc-admit": ...})."""
-    return AdmissionHandler(lookup_token, policy, on_admit, header=header)
+    return AdmissionHandler(lookup_token, policy, on_admit, header=header, on_refuse=on_refuse)

@@ -75,6 +75,13 @@
       $("call-room").textContent = s.call.room;
       $("call-srtp").textContent = s.call.srtp_profile;
     }
+    $("call-media-row").hidden = !s.media;
+    if (s.media) {
+      const m = s.media;
+      const age = m.last_packet_at ? Math.max(0, Math.round((Date.now() - Date.parse(m.last_packet_at)) / 1000)) : null;
+      $("call-media").textContent = `${m.sent} packets sent, ${m.received} received, ${m.dropped} dropped` +
+        (age === null ? " · no packet yet" : ` · last packet ${age} s ago`);
+    }
     const alarms = (s.warnings || []).filter((w) => w.kind === "unauthenticated" || w.kind === "roster-rejected");
     const listening = (s.warnings || []).some((w) => w.kind === "listener");
     $("light-caveat").hidden = alarms.length === 0 && !listening;
