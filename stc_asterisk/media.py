@@ -4,13 +4,8 @@ Per call: an even/odd wan port pair where the client sends SRTP/SRTCP, and an ev
 pair that goes into the SDP given to Asterisk. The packet logic is `stc_wire.rtp`'s pure
 `InboundPath`/`OutboundPath`; this module only moves datagrams.
 
-Hot path: with a socket per flow at 50 packets a second, nearly every wake-up of the loop
-carries one datagram per socket, and the stock asyncio loop spends about 18 us on each (a selector
-event, a `Handle`, a transport, a protocol call: docs/libraries.md). So the relay's sockets are not
-asyncio transports: they sit in one epoll set of our own, the loop watches only that epoll fd, and
-one callback reads one datagram from every ready socket and runs it through its path, with no
-per-datagram objects beyond the bytes. This works the same under asyncio and uvloop. Where
-`select.epoll` is missing, each socket gets `loop.add_reader` (and no batching).
+Hot path: the relay's sockets are not asyncio transports but sit in one epoll set of our own
+(`stc_wire.readiness`), drained per wake-up with no per-datagram objects beyond the bytes.
 Measured figures and the `batch_interval` trade-off: docs/benchmarks.md.
 """
 
@@ -18,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import select
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from stc_wire.media_keys import CallKeys
+from stc_wire.readiness import DatagramReadiness as _Readiness
 from stc_wire.rtp import InboundPath, OutboundPath, PlainPeer, RelayStats, SecurePeer, bind_udp_pair
 from stc_wire.srtp import SrtpProtector, SrtpUnprotector
 from stc_wire.translator import SrtpSender
@@ -31,10 +25,6 @@ from stc_wire.translator import SrtpSender
 __all__ = ["CallMediaPorts", "MediaRelay", "UnknownCall"]
 
 logger = logging.getLogger(__name__)
-
-_RECV_SIZE = 2048  # above any RTP on an Ethernet path; libsrtp refuses more than 1500 anyway
-_MAX_PASSES_PER_TICK = 8  # with batching: datagrams read per socket per tick, at most
-Handler = Callable[[bytes, tuple[str, int]], None]
 
 
 class UnknownCall(KeyError):
@@ -52,104 +42,6 @@ class CallMediaPorts:
     wan_rtcp_port: int
     pbx_rtp_port: int  # the RTP port to put in the SDP given to Asterisk
     pbx_rtcp_port: int
-
-
-class _Readiness:
-    """Runs a socket's handler on one datagram each time the socket is readable.
-
-    With `batch_interval` (seconds) the relay's sockets are not watched by the loop at all:
-    a timer drains every ready socket once per interval. Each wake-up of a process costs far
-    more than relaying one datagram (tens of microseconds on a VM), so this bounds wake-ups to
-    1/interval a second whatever the load, and adds up to one interval of delay (asyncio and
-    uvloop timers have millisecond resolution).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, batch_interval: float | None = None) -> None:
-        self._loop = loop
-        self._table: dict[int, tuple[Callable[[int], tuple[bytes, tuple[str, int]]], Handler]] = {}
-        self.wakeups = 0  # loop callbacks run: datagrams / wakeups is the batching achieved
-        self._epoll = select.epoll() if hasattr(select, "epoll") else None
-        self._interval = batch_interval
-        self._timer: asyncio.TimerHandle | None = None
-        if self._epoll is not None:
-            if batch_interval is None:
-                loop.add_reader(self._epoll.fileno(), self._dispatch)
-            else:
-                self._timer = loop.call_later(batch_interval, self._tick)
-
-    def add(self, sock: socket.socket, handler: Handler) -> None:
-        fd = sock.fileno()
-        self._table[fd] = (sock.recvfrom, handler)
-        if self._epoll is not None:
-            self._epoll.register(fd, select.EPOLLIN)
-        else:
-            self._loop.add_reader(fd, self._read_one, fd)
-
-    def remove(self, sock: socket.socket) -> None:
-        fd = sock.fileno()
-        if self._table.pop(fd, None) is None:
-            return
-        if self._epoll is not None:
-            self._epoll.unregister(fd)
-        else:
-            self._loop.remove_reader(fd)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._epoll is not None:
-            if self._interval is None:
-                self._loop.remove_reader(self._epoll.fileno())
-            self._epoll.close()
-        else:
-            for fd in self._table:
-                self._loop.remove_reader(fd)
-        self._table.clear()
-
-    def _dispatch(self) -> int:
-        """One datagram from every ready socket; returns how many sockets were ready.
-
-        Level-triggered: a socket with more datagrams queued is reported again next time, so
-        reading one each keeps every call served in turn.
-        """
-        table = self._table
-        self.wakeups += 1
-        events = self._epoll.poll(0)  # type: ignore[union-attr]
-        for fd, _ in events:
-            entry = table.get(fd)
-            if entry is None:
-                continue
-            recvfrom, handler = entry
-            try:
-                data, source = recvfrom(_RECV_SIZE)
-            except OSError:  # spurious wake-up, or an ICMP error queued on the socket
-                continue
-            try:
-                handler(data, source)
-            except Exception:  # a bug must not stop every other call's media
-                logger.exception("media handler failed")
-        return len(events)
-
-    def _tick(self) -> None:
-        assert self._interval is not None
-        self._timer = self._loop.call_later(self._interval, self._tick)
-        wakeups = self.wakeups
-        for _ in range(_MAX_PASSES_PER_TICK):  # a socket may hold several datagrams by now
-            if not self._dispatch():
-                break
-        self.wakeups = wakeups + 1  # one wake-up, however many passes
-
-    def _read_one(self, fd: int) -> None:
-        entry = self._table.get(fd)
-        if entry is None:
-            return
-        recvfrom, handler = entry
-        try:
-            data, source = recvfrom(_RECV_SIZE)
-        except OSError:
-            return
-        handler(data, source)
 
 
 class _Call:
@@ -202,7 +94,7 @@ class MediaRelay:
 
     `wan_ports` / `pbx_ports` restrict the ports used (a firewall range); by default the kernel's
     ephemeral ports are used. `batch_interval` (seconds, e.g. 0.001) trades up to that much
-    added delay for far fewer wake-ups under load (see `_Readiness`); by default every datagram
+    added delay for far fewer wake-ups under load (see `stc_wire.readiness`); by default every datagram
     is relayed as soon as the loop sees it. Not thread-safe: call it from the loop's thread.
     """
 

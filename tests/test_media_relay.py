@@ -536,9 +536,9 @@ async def test_port_range_is_respected() -> None:
 
 async def test_relay_without_epoll_falls_back_to_one_reader_per_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where select.epoll is missing (not Linux), every socket gets loop.add_reader."""
-    import stc_asterisk.media as server_media
+    import stc_wire.readiness as readiness
 
-    monkeypatch.delattr(server_media.select, "epoll")
+    monkeypatch.delattr(readiness.select, "epoll")
     async with rig() as r:
         _, got = await r.softphone_says(1, payload_type=8)
         assert got[1] == 8
