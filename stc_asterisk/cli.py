@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 
-from stc_wire.cli_common import load_or_exit, run_until_signal, setup_logging
+from stc_wire.cli_common import load_or_exit, run_fast, run_until_signal, setup_logging
 from stc_wire.tls import TlsSetupError
 
 from .app import ServerApp
@@ -25,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level)
     app = ServerApp(config)
     try:
-        asyncio.run(run_until_signal(app.start, app.close))
+        run_fast(run_until_signal(app.start, app.close))
     except (TlsSetupError, FileNotFoundError) as exc:
         print(f"stc-server: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from stc_wire.cli_common import load_or_exit, run_until_signal, setup_logging
+from stc_wire.cli_common import load_or_exit, run_fast, run_until_signal, setup_logging
 
 from .app import DEFAULT_CONFIG, ClientApp
 from .config import ClientConfig
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_check(config))
     app = ClientApp(config, config_path=args.config, window=True)
     try:
-        asyncio.run(run_until_signal(app.start, app.close))
+        run_fast(run_until_signal(app.start, app.close))
     except WindowSecretError as exc:
         print(f"stc-client: {exc}", file=sys.stderr)
         return 2

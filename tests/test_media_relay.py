@@ -205,11 +205,12 @@ class Rig:
 
 @asynccontextmanager
 async def rig(
-    profile: SrtpProfile = SrtpProfile.AES_CM_128_HMAC_SHA1_80, batch_interval: float | None = None
+    profile: SrtpProfile = SrtpProfile.AES_CM_128_HMAC_SHA1_80, batch_interval: float | None = None,
+    client_readiness: bool | None = None,
 ) -> AsyncIterator[Rig]:
     keys = call_keys(profile)
     relay = MediaRelay(wan_host=HOST, pbx_host=HOST, batch_interval=batch_interval)
-    client = ClientMedia(HOST, wan_bind_host=HOST)
+    client = ClientMedia(HOST, wan_bind_host=HOST, readiness=client_readiness)
     softphone_rtp, softphone_rtcp = bind_udp_pair(HOST)
     asterisk_rtp, asterisk_rtcp = bind_udp_pair(HOST)
     taps: list[WireTap] = []
@@ -545,6 +546,48 @@ async def test_relay_without_epoll_falls_back_to_one_reader_per_socket(monkeypat
         packet, got = await r.asterisk_says(1, payload_type=8)
         assert got[12:] == packet[12:]
         assert r.relay._readiness is not None and r.relay._readiness._epoll is None  # noqa: SLF001
+
+
+@pytest.mark.parametrize("readiness", [True, False], ids=["epoll", "asyncio-endpoints"])
+async def test_client_media_both_ways_in_either_socket_mode(readiness: bool) -> None:
+    """The client's sockets in its own epoll set (Linux) or as asyncio datagram endpoints (the
+    portable fallback, e.g. Windows' proactor loop): media both ways, RTCP too, nothing dropped."""
+    async with rig(client_readiness=readiness) as r:
+        assert r.client.watched is readiness
+        sent_up, got_up, sent_down, got_down = [], [], [], []
+        for seq in range(1, 4):
+            sent, got = await r.softphone_says(seq)
+            sent_up.append(sent)
+            got_up.append(got)
+            sent, got = await r.asterisk_says(seq)
+            sent_down.append(sent)
+            got_down.append(got)
+        assert_translated(got_up, sent_up)
+        assert_translated(got_down, sent_down)
+        report = rtcp_receiver_report(0x11111111) + b"\x81\xca\x00\x02" + struct.pack("!I", 0x11111111) + b"\x01\x02ab"
+        r.softphone_rtcp.sendto(report, (HOST, r.softphone_ports[1]))
+        got_report = await recv_media(r.asterisk_rtcp)  # (empty reports are keep-alives: skipped)
+        assert got_report[1] == 201 and len(got_report) == len(report)
+        stats = r.client_stats()
+        assert (stats.inbound_packets, stats.drops) == (3, 0)
+    await asyncio.sleep(0)  # endpoints close on the next loop iteration
+
+
+async def test_a_burst_on_one_socket_is_drained_in_one_wakeup() -> None:
+    """Several datagrams queued on one socket are all read when it becomes readable once."""
+    async with rig() as r:
+        await r.softphone_says(1)
+        readiness = r.relay._readiness  # noqa: SLF001
+        assert readiness is not None and readiness._epoll is not None  # noqa: SLF001
+        asyncio.get_running_loop().remove_reader(readiness._epoll.fileno())  # noqa: SLF001 - no loop wake-ups
+        sent = [rtp_packet(seq, payload_type=0, ssrc=0x22222222, payload=os.urandom(160)) for seq in range(1, 9)]
+        for packet in sent:
+            r.asterisk_rtp.sendto(packet, (HOST, r.pbx_ports[0]))
+        await asyncio.sleep(0.2)  # all eight queued in the kernel
+        assert readiness._dispatch() >= 1  # noqa: SLF001 - one pass over the ready sockets
+        got = [(await recv(r.softphone_rtp))[0] for _ in sent]
+        assert_translated(got, sent)
+        asyncio.get_running_loop().add_reader(readiness._epoll.fileno(), readiness._dispatch)  # noqa: SLF001
 
 
 async def test_batched_relay_drains_every_socket_each_tick() -> None:
