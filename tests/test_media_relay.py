@@ -206,10 +206,10 @@ class Rig:
 @asynccontextmanager
 async def rig(
     profile: SrtpProfile = SrtpProfile.AES_CM_128_HMAC_SHA1_80, batch_interval: float | None = None,
-    client_readiness: bool | None = None,
+    client_readiness: bool | None = None, single_port: int | None = None,
 ) -> AsyncIterator[Rig]:
     keys = call_keys(profile)
-    relay = MediaRelay(wan_host=HOST, pbx_host=HOST, batch_interval=batch_interval)
+    relay = MediaRelay(wan_host=HOST, pbx_host=HOST, batch_interval=batch_interval, single_port=single_port)
     client = ClientMedia(HOST, wan_bind_host=HOST, readiness=client_readiness)
     softphone_rtp, softphone_rtcp = bind_udp_pair(HOST)
     asterisk_rtp, asterisk_rtcp = bind_udp_pair(HOST)
@@ -423,6 +423,47 @@ async def test_client_address_follows_authentic_packets_only() -> None:
         assert seq_of(got) == (seq_of(first_down) + 1) % 65536
         assert len(r.tap_rtp.to_client) == before + 1
         assert r.relay._calls["c1"].client_rtp.address == new_address  # noqa: SLF001
+
+
+async def test_single_port_relays_both_ways_refuses_strangers_and_follows_a_rebinding() -> None:
+    """Every call's SRTP/SRTCP on one wan port (0: the kernel picks it): the call's source is bound
+    by its first authentic packet, a stranger's packets are refused and counted, and an authentic
+    packet from a new address (a NAT rebinding) re-latches the call."""
+    async with rig(single_port=0) as r:
+        port = r.relay.single_port
+        assert port is not None and r.wan_ports == (port, port)
+        other = await r.relay.open_call("c2", call_keys(SrtpProfile.AES_CM_128_HMAC_SHA1_80, call_id="other@test"))
+        assert (other.wan_rtp_port, other.wan_rtcp_port) == (port, port)  # one port for every call
+        sent, got = await r.softphone_says(1)
+        assert_translated([got], [sent])
+        sent, got = await r.asterisk_says(1)
+        assert_translated([got], [sent])
+        report = rtcp_receiver_report(0x11111111) + b"\x81\xca\x00\x02" + struct.pack("!I", 0x11111111) + b"\x01\x02ab"
+        r.softphone_rtcp.sendto(report, (HOST, r.softphone_ports[1]))
+        assert len(await recv_media(r.asterisk_rtcp)) == len(report)  # SRTCP on the same port, by packet type
+
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind((HOST, 0))
+        stranger.setblocking(False)
+        try:
+            genuine = media_only(r.tap_rtp.to_server)[0]
+            stranger.sendto(genuine, (HOST, port))  # a replay from elsewhere
+            stranger.sendto(genuine[:20] + os.urandom(len(genuine) - 20), (HOST, port))  # a forgery
+            await until(lambda: r.relay.stats().unknown_source_drops == 2)
+            _, got = await r.asterisk_says(2)  # still reaches the client at its own address
+            assert await nothing_arrives(stranger, 0.05)
+        finally:
+            stranger.close()
+
+        new_address = await r.tap_rtp.new_server_side()
+        sent, got = await r.softphone_says(2)
+        assert got[12:] == sent[12:]
+        before = len(r.tap_rtp.to_client)
+        await r.asterisk_says(3)
+        assert len(r.tap_rtp.to_client) == before + 1  # sent to the new address
+        assert r.relay._calls["c1"].client_rtp.address == new_address  # noqa: SLF001
+        assert r.server_stats().drops == 0 and r.relay.stats("c2").inbound_packets == 0
+    assert r.relay.single_port is None  # closed with the relay
 
 
 async def test_plain_packets_from_strangers_are_dropped() -> None:
