@@ -443,38 +443,45 @@ def bench_client(loop_name: str, seconds: float, pin: bool, profile: SrtpProfile
             process.kill()
 
 
-def bench_hot_path(calls: int, per_call: int, profile: SrtpProfile) -> float:
-    """CPU per packet of the relay's hot path alone: datagrams queued first, then drained with
-    no wake-ups and nobody to wake (reaches into the relay's private reader on purpose)."""
+def bench_hot_path(calls: int, per_call: int, profile: SrtpProfile) -> tuple[float, float]:
+    """CPU per packet of the relay's hot path alone, each way: datagrams queued first, then
+    drained with no wake-ups and nobody to wake (reaches into the relay's private reader on
+    purpose). Inbound: SRTP from the clients, unprotected, to Asterisk. Outbound: RTP from
+    Asterisk, translated and protected, to the clients (their addresses latched by inbound)."""
 
-    async def run() -> float:
+    async def run() -> tuple[float, float]:
         from stc_asterisk.media import MediaRelay
 
         relay = MediaRelay(wan_host=HOST, pbx_host=HOST)
-        sink, source = _udp(64 << 20), _udp()
-        queued = []
+        sink, source = _udp(64 << 20), _udp(64 << 20)
+        inbound, outbound = [], []
         for n, call_keys in enumerate(_keys(calls, profile)):
             ports = await relay.open_call(f"call-{n}", call_keys)
             relay.set_asterisk_media(f"call-{n}", HOST, sink.getsockname()[1], sink.getsockname()[1] + 1)
             protector = SrtpProtector(profile, call_keys.client_to_server_srtp, call_keys.client_to_server_srtcp)
-            queued.append([(protector.protect_rtp(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, n) + bytes(PAYLOAD)),
-                            (HOST, ports.wan_rtp_port)) for seq in range(1, per_call + 1)])
+            inbound.append([(protector.protect_rtp(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, n) + bytes(PAYLOAD)),
+                             (HOST, ports.wan_rtp_port)) for seq in range(1, per_call + 1)])
+            outbound.append([(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, n) + bytes(PAYLOAD), (HOST, ports.pbx_rtp_port))
+                             for seq in range(1, per_call + 1)])
         readiness = relay._readiness  # noqa: SLF001
         assert readiness is not None and readiness._epoll is not None  # noqa: SLF001
         asyncio.get_running_loop().remove_reader(readiness._epoll.fileno())  # noqa: SLF001
-        for i in range(per_call):
-            for packets in queued:
-                source.sendto(*packets[i])
-        started = time.process_time()
-        while readiness._dispatch():  # noqa: SLF001
-            pass
-        spent = time.process_time() - started
-        relayed = relay.stats().inbound_packets
-        assert relayed == calls * per_call, relayed
+        spent = []
+        for queued, sender in ((inbound, source), (outbound, sink)):
+            for i in range(per_call):
+                for packets in queued:
+                    sender.sendto(*packets[i])
+            started = time.process_time()
+            while readiness._dispatch():  # noqa: SLF001
+                pass
+            spent.append(time.process_time() - started)
+        stats = relay.stats()
+        assert stats.inbound_packets == calls * per_call, stats
+        assert stats.outbound_packets == calls * per_call, stats
         readiness._epoll.close()  # noqa: SLF001
         sink.close()
         source.close()
-        return spent / relayed * 1e6
+        return spent[0] / stats.inbound_packets * 1e6, spent[1] / stats.outbound_packets * 1e6
 
     return asyncio.run(run())
 
@@ -522,7 +529,9 @@ def main() -> None:
     if args.hot_path:
         print("\nhot path alone (40 queued datagrams per call, drained without wake-ups):")
         for calls in counts:
-            print(f"  {calls:5d} calls: {bench_hot_path(calls, 40, profile):.2f} us of CPU per packet")
+            inbound_us, outbound_us = bench_hot_path(calls, 40, profile)
+            print(f"  {calls:5d} calls: {inbound_us:.2f} us of CPU per packet inbound (SRTP to RTP), "
+                  f"{outbound_us:.2f} us outbound (RTP to SRTP)")
         return
 
     batches = [float(b) for b in args.batch_ms.split(",") if b]

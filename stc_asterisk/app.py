@@ -41,7 +41,8 @@ class ServerApp:
         self.config = config
         self.srtp_profiles: tuple[SrtpProfile, ...] = tuple(SrtpProfile.parse(p) for p in config.media.srtp_profiles)
         self.media = MediaRelay(wan_host=config.media.wan_host, pbx_host=config.media.pbx_host,
-                                wan_ports=config.media.wan_port_range(), pbx_ports=config.media.pbx_port_range())
+                                wan_ports=config.media.wan_port_range(), pbx_ports=config.media.pbx_port_range(),
+                                single_port=config.media.single_port or None)
         self.admissions: Admissions | None = None
         self.tunnels: TunnelServer | None = None
         self.rooms: "RoomService | None" = None

@@ -184,9 +184,15 @@ class MediaSettings:
     # on each side). Empty: the kernel's ephemeral ports.
     wan_ports: str = ""
     pbx_ports: str = ""
+    # One UDP port on wan_host for every call's SRTP and SRTCP (told apart by source address;
+    # a new source is bound only by a packet that authenticates): the firewall opens one port.
+    # 0: off, a port pair per call (wan_ports).
+    single_port: int = 0
 
     def validate(self) -> None:
         check_srtp_profiles(self.srtp_profiles)
+        if not 0 <= self.single_port < 65536:
+            raise ValueError(f"single_port: {self.single_port} is not a UDP port (0: off)")
         self.wan_port_range()
         self.pbx_port_range()
         if self.call_timeout <= 0:

@@ -1,16 +1,13 @@
 """The stc-server's SRTP<->RTP media relay: SRTP with clients on the wan, plain RTP with Asterisk.
 
 Per call: an even/odd wan port pair where the client sends SRTP/SRTCP, and an even/odd pbx port
-pair that goes into the SDP given to Asterisk. The packet logic is `stc_wire.rtp`'s pure
+pair that goes into the SDP given to Asterisk. With `single_port`, every call's SRTP and SRTCP
+share one wan socket instead, told apart by source address (`stc_wire.demux`): an operator opens
+one UDP port, not a range. The packet logic is `stc_wire.rtp`'s pure
 `InboundPath`/`OutboundPath`; this module only moves datagrams.
 
-Hot path: with a socket per flow at 50 packets a second, nearly every wake-up of the loop
-carries one datagram per socket, and the stock asyncio loop spends about 18 us on each (a selector
-event, a `Handle`, a transport, a protocol call: docs/libraries.md). So the relay's sockets are not
-asyncio transports: they sit in one epoll set of our own, the loop watches only that epoll fd, and
-one callback reads one datagram from every ready socket and runs it through its path, with no
-per-datagram objects beyond the bytes. This works the same under asyncio and uvloop. Where
-`select.epoll` is missing, each socket gets `loop.add_reader` (and no batching).
+Hot path: the relay's sockets are not asyncio transports but sit in one epoll set of our own
+(`stc_wire.readiness`), drained per wake-up with no per-datagram objects beyond the bytes.
 Measured figures and the `batch_interval` trade-off: docs/benchmarks.md.
 """
 
@@ -18,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import select
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from stc_wire.demux import SourceDemux
 from stc_wire.media_keys import CallKeys
+from stc_wire.readiness import DatagramReadiness as _Readiness
 from stc_wire.rtp import InboundPath, OutboundPath, PlainPeer, RelayStats, SecurePeer, bind_udp_pair
 from stc_wire.srtp import SrtpProtector, SrtpUnprotector
 from stc_wire.translator import SrtpSender
@@ -31,10 +28,6 @@ from stc_wire.translator import SrtpSender
 __all__ = ["CallMediaPorts", "MediaRelay", "UnknownCall"]
 
 logger = logging.getLogger(__name__)
-
-_RECV_SIZE = 2048  # above any RTP on an Ethernet path; libsrtp refuses more than 1500 anyway
-_MAX_PASSES_PER_TICK = 8  # with batching: datagrams read per socket per tick, at most
-Handler = Callable[[bytes, tuple[str, int]], None]
 
 
 class UnknownCall(KeyError):
@@ -49,107 +42,9 @@ class CallMediaPorts:
     """Where one call's media goes. RTCP is always RTP + 1."""
 
     wan_rtp_port: int  # the client sends SRTP here (and SRTCP to wan_rtcp_port)
-    wan_rtcp_port: int
+    wan_rtcp_port: int  # == wan_rtp_port on a single-port relay
     pbx_rtp_port: int  # the RTP port to put in the SDP given to Asterisk
     pbx_rtcp_port: int
-
-
-class _Readiness:
-    """Runs a socket's handler on one datagram each time the socket is readable.
-
-    With `batch_interval` (seconds) the relay's sockets are not watched by the loop at all:
-    a timer drains every ready socket once per interval. Each wake-up of a process costs far
-    more than relaying one datagram (tens of microseconds on a VM), so this bounds wake-ups to
-    1/interval a second whatever the load, and adds up to one interval of delay (asyncio and
-    uvloop timers have millisecond resolution).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, batch_interval: float | None = None) -> None:
-        self._loop = loop
-        self._table: dict[int, tuple[Callable[[int], tuple[bytes, tuple[str, int]]], Handler]] = {}
-        self.wakeups = 0  # loop callbacks run: datagrams / wakeups is the batching achieved
-        self._epoll = select.epoll() if hasattr(select, "epoll") else None
-        self._interval = batch_interval
-        self._timer: asyncio.TimerHandle | None = None
-        if self._epoll is not None:
-            if batch_interval is None:
-                loop.add_reader(self._epoll.fileno(), self._dispatch)
-            else:
-                self._timer = loop.call_later(batch_interval, self._tick)
-
-    def add(self, sock: socket.socket, handler: Handler) -> None:
-        fd = sock.fileno()
-        self._table[fd] = (sock.recvfrom, handler)
-        if self._epoll is not None:
-            self._epoll.register(fd, select.EPOLLIN)
-        else:
-            self._loop.add_reader(fd, self._read_one, fd)
-
-    def remove(self, sock: socket.socket) -> None:
-        fd = sock.fileno()
-        if self._table.pop(fd, None) is None:
-            return
-        if self._epoll is not None:
-            self._epoll.unregister(fd)
-        else:
-            self._loop.remove_reader(fd)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._epoll is not None:
-            if self._interval is None:
-                self._loop.remove_reader(self._epoll.fileno())
-            self._epoll.close()
-        else:
-            for fd in self._table:
-                self._loop.remove_reader(fd)
-        self._table.clear()
-
-    def _dispatch(self) -> int:
-        """One datagram from every ready socket; returns how many sockets were ready.
-
-        Level-triggered: a socket with more datagrams queued is reported again next time, so
-        reading one each keeps every call served in turn.
-        """
-        table = self._table
-        self.wakeups += 1
-        events = self._epoll.poll(0)  # type: ignore[union-attr]
-        for fd, _ in events:
-            entry = table.get(fd)
-            if entry is None:
-                continue
-            recvfrom, handler = entry
-            try:
-                data, source = recvfrom(_RECV_SIZE)
-            except OSError:  # spurious wake-up, or an ICMP error queued on the socket
-                continue
-            try:
-                handler(data, source)
-            except Exception:  # a bug must not stop every other call's media
-                logger.exception("media handler failed")
-        return len(events)
-
-    def _tick(self) -> None:
-        assert self._interval is not None
-        self._timer = self._loop.call_later(self._interval, self._tick)
-        wakeups = self.wakeups
-        for _ in range(_MAX_PASSES_PER_TICK):  # a socket may hold several datagrams by now
-            if not self._dispatch():
-                break
-        self.wakeups = wakeups + 1  # one wake-up, however many passes
-
-    def _read_one(self, fd: int) -> None:
-        entry = self._table.get(fd)
-        if entry is None:
-            return
-        recvfrom, handler = entry
-        try:
-            data, source = recvfrom(_RECV_SIZE)
-        except OSError:
-            return
-        handler(data, source)
 
 
 class _Call:
@@ -161,10 +56,13 @@ class _Call:
         wan: tuple[socket.socket, socket.socket],
         pbx: tuple[socket.socket, socket.socket],
         pbx_host: str,
+        *,
+        shared_wan: bool = False,
     ) -> None:
         self.tag = tag
         self.wan_rtp, self.wan_rtcp = wan
         self.pbx_rtp, self.pbx_rtcp = pbx
+        self.shared_wan = shared_wan  # the wan socket is the relay's single port, not ours to close
         self.stats = RelayStats()
         self.client_rtp = SecurePeer(latching=True, label=f"call {tag}: client RTP")
         self.client_rtcp = SecurePeer(latching=True, label=f"call {tag}: client RTCP")
@@ -185,6 +83,9 @@ class _Call:
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
+        """The sockets this call owns (and watches)."""
+        if self.shared_wan:
+            return (self.pbx_rtp, self.pbx_rtcp)
         return (self.wan_rtp, self.wan_rtcp, self.pbx_rtp, self.pbx_rtcp)
 
     def install_keys(self, keys: CallKeys) -> None:
@@ -202,8 +103,10 @@ class MediaRelay:
 
     `wan_ports` / `pbx_ports` restrict the ports used (a firewall range); by default the kernel's
     ephemeral ports are used. `batch_interval` (seconds, e.g. 0.001) trades up to that much
-    added delay for far fewer wake-ups under load (see `_Readiness`); by default every datagram
-    is relayed as soon as the loop sees it. Not thread-safe: call it from the loop's thread.
+    added delay for far fewer wake-ups under load (see `stc_wire.readiness`); by default every datagram
+    is relayed as soon as the loop sees it. `single_port`: every call's wan media on this one UDP
+    port (0: one the kernel picks), demultiplexed by source (`stc_wire.demux`); None: a pair per
+    call. Not thread-safe: call it from the loop's thread.
     """
 
     def __init__(
@@ -214,7 +117,10 @@ class MediaRelay:
         wan_ports: range | None = None,
         pbx_ports: range | None = None,
         batch_interval: float | None = None,
+        single_port: int | None = None,
     ) -> None:
+        if single_port is not None and not 0 <= single_port < 65536:
+            raise ValueError(f"bad single media port {single_port}")
         self.wan_host = wan_host
         self.pbx_host = pbx_host
         self._wan_ports = wan_ports
@@ -223,6 +129,9 @@ class MediaRelay:
         self._closed_totals = RelayStats()
         self._readiness: _Readiness | None = None
         self._batch_interval = batch_interval
+        self._single_port = single_port
+        self._single: socket.socket | None = None  # bound at the first call
+        self.demux: SourceDemux | None = SourceDemux() if single_port is not None else None
 
     async def open_call(self, call_tag: str, keys: CallKeys | None = None) -> CallMediaPorts:
         """Bind the call's four sockets and start relaying; keys now or by `install_keys`."""
@@ -230,19 +139,27 @@ class MediaRelay:
             raise ValueError(f"media call {call_tag!r} is already open")
         if self._readiness is None:
             self._readiness = _Readiness(asyncio.get_running_loop(), self._batch_interval)
-        wan = bind_udp_pair(self.wan_host, self._wan_ports)
+        readiness = self._readiness
+        if self.demux is not None:
+            single = self._single_socket()
+            wan = (single, single)
+        else:
+            wan = bind_udp_pair(self.wan_host, self._wan_ports)
         try:
             pbx = bind_udp_pair(self.pbx_host, self._pbx_ports)
         except OSError:
-            for sock in wan:
-                sock.close()
+            if self.demux is None:
+                for sock in wan:
+                    sock.close()
             raise
-        call = _Call(call_tag, wan, pbx, self.pbx_host)
+        call = _Call(call_tag, wan, pbx, self.pbx_host, shared_wan=self.demux is not None)
         if keys is not None:
             call.install_keys(keys)
-        readiness = self._readiness
-        readiness.add(call.wan_rtp, call.rtp_in.handle)
-        readiness.add(call.wan_rtcp, call.rtcp_in.handle)
+        if self.demux is not None:
+            self.demux.add(call_tag, call.rtp_in, call.rtcp_in)
+        else:
+            readiness.add(call.wan_rtp, call.rtp_in.handle)
+            readiness.add(call.wan_rtcp, call.rtcp_in.handle)
         readiness.add(call.pbx_rtp, call.rtp_out.handle)
         readiness.add(call.pbx_rtcp, call.rtcp_out.handle)
         self._calls[call_tag] = call
@@ -272,6 +189,8 @@ class MediaRelay:
         call = self._calls.pop(call_tag, None)
         if call is None:
             return
+        if self.demux is not None:
+            self.demux.remove(call_tag)
         for sock in call.sockets:
             if self._readiness is not None:
                 self._readiness.remove(sock)
@@ -287,7 +206,10 @@ class MediaRelay:
         """A copy of one call's counters, or the sum over every call this relay has carried."""
         if call_tag is not None:
             return self._call(call_tag).stats.copy()
-        return RelayStats.total(self._closed_totals, (call.stats for call in self._calls.values()))
+        total = RelayStats.total(self._closed_totals, (call.stats for call in self._calls.values()))
+        if self.demux is not None:  # single port: what belonged to no call (refused sources)
+            total.add(self.demux.stats)
+        return total
 
     @property
     def open_calls(self) -> int:
@@ -303,8 +225,36 @@ class MediaRelay:
         for tag in list(self._calls):
             self.close_call(tag)
         if self._readiness is not None:
+            if self._single is not None:
+                self._readiness.remove(self._single)
             self._readiness.close()
             self._readiness = None
+        if self._single is not None:
+            self._single.close()
+            self._single = None
+
+    @property
+    def single_port(self) -> int | None:
+        """The wan port every call shares, once bound (None: a port pair per call)."""
+        return None if self._single is None else int(self._single.getsockname()[1])
+
+    def _single_socket(self) -> socket.socket:
+        if self._single is None:
+            assert self.demux is not None and self._readiness is not None and self._single_port is not None
+            family = socket.AF_INET6 if ":" in self.wan_host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                # Every call's media queues here: room for bursts while the loop is busy.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.bind((self.wan_host, self._single_port))
+            except OSError:
+                sock.close()
+                raise
+            sock.setblocking(False)
+            self._single = sock
+            self._readiness.add(sock, self.demux.handle)
+            logger.info("media: every call's SRTP/SRTCP on %s:%s", self.wan_host, sock.getsockname()[1])
+        return self._single
 
     def _call(self, call_tag: str) -> _Call:
         try:

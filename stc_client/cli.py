@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from stc_wire.cli_common import load_or_exit, run_until_signal, setup_logging
+from stc_wire.cli_common import load_or_exit, run_fast, run_until_signal, setup_logging
 
 from .app import DEFAULT_CONFIG, ClientApp
 from .config import ClientConfig
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_check(config))
     app = ClientApp(config, config_path=path, window=True)
     try:
-        asyncio.run(run_client(app, open_browser=config.ui.open_browser and not args.no_browser))
+        run_fast(run_client(app, open_browser=config.ui.open_browser and not args.no_browser))
     except WindowSecretError as exc:
         print(f"stc-client: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,12 @@
 """The stc-client's media bridge: the softphone's plain RTP/RTCP <-> SRTP/SRTCP to the server.
 
 Per call: an even/odd port pair on the softphone's host (127.0.0.1) that goes into the SDP given
-to the softphone, and two wan sockets that talk SRTP/SRTCP with the server's wan ports. One call
-is about 100 datagrams a second, so plain asyncio datagram endpoints (which also run on the
-Windows proactor loop) are enough. The packet logic is `stc_wire.rtp`'s pure paths.
+to the softphone, and two wan sockets that talk SRTP/SRTCP with the server's wan ports. The packet
+logic is `stc_wire.rtp`'s pure paths. One call is about 100 datagrams a second, each its own
+wake-up, so what a wake-up costs is most of the client's CPU: where the loop can watch sockets,
+they sit in the relay's own epoll set (`stc_wire.readiness`, as on the server), with no asyncio
+transport or protocol per datagram; elsewhere (Windows' proactor loop) they are asyncio datagram
+endpoints.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stc_wire.media_keys import CallKeys
+from stc_wire.readiness import DatagramReadiness
 from stc_wire.rtp import (
     Address,
     InboundPath,
@@ -31,6 +35,8 @@ from stc_wire.srtp import SrtpDropped, SrtpProtector, SrtpUnprotector
 from stc_wire.translator import OutboundTranslator, SrtpSender
 
 __all__ = ["ClientCallPorts", "ClientMedia", "UnknownCall"]
+
+Send = Callable[[bytes, Address], object]
 
 logger = logging.getLogger(__name__)
 # Latch keep-alives while the softphone is silent (also keeps a NAT binding open).
@@ -76,12 +82,14 @@ class _ClientCall:
     def __init__(self, tag: str, softphone_host: str) -> None:
         self.tag = tag
         self.stats = RelayStats()
-        self.transports: list[asyncio.DatagramTransport] = []
+        self.transports: list[asyncio.DatagramTransport] = []  # endpoint mode
+        self.sockets: list[socket.socket] = []  # readiness mode
         self.keepalive: asyncio.Task[None] | None = None
         # Keep-alives are their own SRTP stream: this SSRC is never the translator's output SSRC.
         self.keepalive_ssrc = random.getrandbits(32)
         self.keepalive_protector: SrtpProtector | None = None
         self.rtcp_mux = False  # the softphone sends and takes RTCP on its RTP port
+        self.local_ports = (0, 0)  # the softphone-side RTP and RTCP ports
         self.server_rtp = SecurePeer(latching=False, label=f"call {tag}: server RTP")
         self.server_rtcp = SecurePeer(latching=False, label=f"call {tag}: server RTCP")
         self.softphone_rtp = PlainPeer(softphone_host)
@@ -135,6 +143,8 @@ class ClientMedia:
 
     `server_host` is resolved once, at the first `open_call`; the wan sockets bind to
     `wan_bind_host` (any address by default) and accept only datagrams from the server's address.
+    `readiness`: watch the sockets in our own epoll set (True), through asyncio datagram
+    endpoints (False), or the first where the loop allows it (None, the default).
     """
 
     def __init__(
@@ -143,10 +153,13 @@ class ClientMedia:
         *,
         softphone_host: str = "127.0.0.1",
         wan_bind_host: str | None = None,
+        readiness: bool | None = None,
     ) -> None:
         self.server_host = server_host
         self.softphone_host = softphone_host
         self._wan_bind_host = wan_bind_host
+        self._use_readiness = readiness
+        self._readiness: DatagramReadiness | None = None
         self._server_ip: str | None = None
         self._server_family = socket.AF_INET
         self._calls: dict[str, _ClientCall] = {}
@@ -173,6 +186,48 @@ class ClientMedia:
         self._calls[call_tag] = call  # registered first so close_call cleans up a failure
         ipv6_wan = self._server_family == socket.AF_INET6
         wan_host = self._wan_bind_host or ("::" if ipv6_wan else "0.0.0.0")
+        if self._use_readiness is None:
+            self._use_readiness = DatagramReadiness.supported(loop)
+        try:
+            if self._use_readiness:
+                sends = self._open_watched(call, wan_host, ipv6_wan)
+            else:
+                sends = await self._open_endpoints(call, wan_host, ipv6_wan)
+        except BaseException:
+            self.close_call(call_tag)
+            raise
+        call.rtp_in.send, call.rtcp_in.send, call.rtp_out.send, call.rtcp_out.send = sends
+        ports = ClientCallPorts(softphone_rtp_port=call.local_ports[0], softphone_rtcp_port=call.local_ports[1])
+        logger.info("call %s: media open, softphone side %s", call_tag, ports)
+        return ports
+
+    def _open_watched(self, call: _ClientCall, wan_host: str, ipv6_wan: bool) -> tuple[Send, Send, Send, Send]:
+        """The call's four sockets in our epoll set; their `sendto`s (local RTP/RTCP, wan RTP/RTCP)."""
+        if self._readiness is None:
+            self._readiness = DatagramReadiness(asyncio.get_running_loop(), )
+        local_rtp, local_rtcp = bind_udp_pair(self.softphone_host)
+        call.sockets.extend((local_rtp, local_rtcp))
+        family = socket.AF_INET6 if ipv6_wan else socket.AF_INET
+        for _ in range(2):
+            wan = socket.socket(family, socket.SOCK_DGRAM)
+            call.sockets.append(wan)
+            wan.setblocking(False)
+            wan.bind((wan_host, 0))
+        wan_rtp, wan_rtcp = call.sockets[2:]
+        ipv6_local = local_rtp.family == socket.AF_INET6
+        for sock, handle, ipv6 in (
+            (local_rtp, call.from_softphone_rtp_port, ipv6_local),
+            (local_rtcp, call.rtcp_out.handle, ipv6_local),
+            (wan_rtp, call.rtp_in.handle, ipv6_wan),
+            (wan_rtcp, call.rtcp_in.handle, ipv6_wan),
+        ):
+            self._readiness.add(sock, _two_tuple_sources(handle) if ipv6 else handle)
+        call.local_ports = (local_rtp.getsockname()[1], local_rtcp.getsockname()[1])
+        return local_rtp.sendto, local_rtcp.sendto, wan_rtp.sendto, wan_rtcp.sendto
+
+    async def _open_endpoints(self, call: _ClientCall, wan_host: str, ipv6_wan: bool) -> tuple[Send, Send, Send, Send]:
+        """The portable way: four asyncio datagram endpoints (they run on the proactor loop)."""
+        loop = asyncio.get_running_loop()
         local_socks: list[socket.socket] = []
         try:
             local_socks.extend(bind_udp_pair(self.softphone_host))
@@ -193,21 +248,11 @@ class ClientMedia:
             del local_socks[0]
             wan_rtp = await endpoint(call.rtp_in.handle, ipv6_wan, local_addr=(wan_host, 0))
             wan_rtcp = await endpoint(call.rtcp_in.handle, ipv6_wan, local_addr=(wan_host, 0))
-        except BaseException:
+        finally:
             for sock in local_socks:  # bound but not yet owned by a transport
                 sock.close()
-            self.close_call(call_tag)
-            raise
-        call.rtp_in.send = _sender(local_rtp)
-        call.rtcp_in.send = _sender(local_rtcp)
-        call.rtp_out.send = _sender(wan_rtp)
-        call.rtcp_out.send = _sender(wan_rtcp)
-        ports = ClientCallPorts(
-            softphone_rtp_port=local_rtp.get_extra_info("sockname")[1],
-            softphone_rtcp_port=local_rtcp.get_extra_info("sockname")[1],
-        )
-        logger.info("call %s: media open, softphone side %s", call_tag, ports)
-        return ports
+        call.local_ports = (local_rtp.get_extra_info("sockname")[1], local_rtcp.get_extra_info("sockname")[1])
+        return _sender(local_rtp), _sender(local_rtcp), _sender(wan_rtp), _sender(wan_rtcp)
 
     def set_rtcp_mux(self, call_tag: str) -> None:
         """The softphone multiplexes RTCP on its RTP port (RFC 5761), and so do we towards it:
@@ -263,6 +308,10 @@ class ClientMedia:
             call.keepalive.cancel()
         for transport in call.transports:
             transport.close()
+        for sock in call.sockets:
+            if self._readiness is not None:
+                self._readiness.remove(sock)
+            sock.close()
         call.forget_keys()
         self._closed_totals.add(call.stats)
         logger.info("call %s: media closed %s", call_tag, call.stats)
@@ -276,12 +325,25 @@ class ClientMedia:
     def close(self) -> None:
         for tag in list(self._calls):
             self.close_call(tag)
+        if self._readiness is not None:
+            self._readiness.close()
+            self._readiness = None
+
+    @property
+    def watched(self) -> bool:
+        """True when the media sockets sit in our own epoll set rather than asyncio endpoints."""
+        return self._readiness is not None
 
     def _call(self, call_tag: str) -> _ClientCall:
         try:
             return self._calls[call_tag]
         except KeyError:
             raise UnknownCall(call_tag) from None
+
+
+def _two_tuple_sources(handle: Callable[[bytes, Address], None]) -> Callable[[bytes, Address], None]:
+    """IPv6 sources are 4-tuples (flow info, scope id); the paths compare (host, port)."""
+    return lambda data, source: handle(data, source[:2])
 
 
 def _unbound(packet: bytes, address: Address) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -30,6 +30,16 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def run_fast(main: Coroutine[object, object, T]) -> T:
+    """`asyncio.run`, on uvloop when it is installed (`pip install 'stc[fast]'`): each wake-up
+    of the loop costs less, and a client's media is mostly wake-ups (docs/benchmarks.md)."""
+    try:
+        import uvloop
+    except ImportError:  # not installed, or no build for this platform (Windows)
+        return asyncio.run(main)
+    return uvloop.run(main)  # type: ignore[no-any-return]
 
 
 async def run_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:

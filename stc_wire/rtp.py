@@ -174,6 +174,13 @@ class InboundPath:
         except SrtpDropped as drop:
             stats.count_drop(drop.reason)
             return
+        self.deliver(plain, len(data), source)
+
+    def deliver(self, plain: bytes, wire_size: int, source: Address) -> None:
+        """The rest of `handle` once `plain` has authenticated (from `source`, `wire_size` bytes
+        of SRTP): follow the source, swallow keep-alives, send on to the local peer."""
+        stats = self.stats
+        secure = self.secure_peer
         if source != secure.address:
             logger.info("%s now at %s:%s", secure.label, source[0], source[1])
             secure.address = source
@@ -190,7 +197,7 @@ class InboundPath:
             stats.send_errors += 1
             return
         stats.inbound_packets += 1
-        stats.inbound_bytes += len(data)
+        stats.inbound_bytes += wire_size
 
 
 class OutboundPath:

@@ -9,6 +9,7 @@ authentication failures and replays separately and never forward either.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import pylibsrtp
 
@@ -97,6 +98,81 @@ def drop_reason(error: Exception) -> DropReason:
     return DropReason.MALFORMED  # ValueError: longer than libsrtp's 1500-byte buffer
 
 
+# Drop reasons by libsrtp status code, for the direct calls below.
+_REASON_BY_STATUS = tuple(_REASON_BY_MESSAGE.get(message, DropReason.MALFORMED) for message in pylibsrtp.ERRORS)
+_MAX_TRAILER = {"protect": 16 + 128, "protect_rtcp": 4 + 16 + 128, "unprotect": 0, "unprotect_rtcp": 0}
+
+
+def _direct(session: pylibsrtp.Session, name: str) -> Callable[[bytes], bytes]:
+    """`session.<name>` without pylibsrtp's per-call Python layers (a type check, an `int *`
+    allocation, two method calls): one copy into the session's own buffer, the libsrtp call, one
+    copy out. The hot path calls this twice per relayed packet. Falls back to the public method
+    if this pylibsrtp is not laid out as expected (it reaches into its cffi binding)."""
+    public: Callable[[bytes], bytes] = getattr(session, name)
+    try:
+        from pylibsrtp._binding import ffi, lib
+
+        function = getattr(lib, "srtp_" + name)
+        cdata, buffer, ctx = session._cdata, session._buffer, session._srtp[0]  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):  # pragma: no cover - another pylibsrtp layout
+        def checked(packet: bytes) -> bytes:
+            try:
+                return public(packet)
+            except (pylibsrtp.Error, ValueError) as error:
+                raise SrtpDropped(drop_reason(error), str(error)) from None
+
+        return checked
+    limit = len(buffer) - _MAX_TRAILER[name]
+    length = ffi.new("int *")
+    reasons = _REASON_BY_STATUS
+
+    # `_owner` keeps the session (and so `ctx`, freed with it) alive as long as this function.
+    def process(packet: bytes, _owner: pylibsrtp.Session = session) -> bytes:
+        size = len(packet)
+        if size > limit:
+            raise SrtpDropped(DropReason.MALFORMED, "packet is too long")
+        buffer[0:size] = packet
+        length[0] = size
+        status = function(ctx, cdata, length)
+        if status:
+            reason = reasons[status] if status < len(reasons) else DropReason.MALFORMED
+            raise SrtpDropped(reason, f"libsrtp status {status}")
+        return buffer[0:length[0]]  # type: ignore[no-any-return]
+
+    return process
+
+
+def _direct_with_header(session: pylibsrtp.Session) -> Callable[[bytes, bytes], bytes] | None:
+    """SRTP-protects `packet` with its first 12 bytes replaced by `header` (the translator's),
+    written straight into libsrtp's buffer: no rewritten copy of the packet is ever built.
+    None if this pylibsrtp is not laid out as expected."""
+    try:
+        from pylibsrtp._binding import ffi, lib
+
+        function = lib.srtp_protect
+        cdata, buffer, ctx = session._cdata, session._buffer, session._srtp[0]  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):  # pragma: no cover - another pylibsrtp layout
+        return None
+    limit = len(buffer) - _MAX_TRAILER["protect"]
+    length = ffi.new("int *")
+    reasons = _REASON_BY_STATUS
+
+    def process(header: bytes, packet: bytes, _owner: pylibsrtp.Session = session) -> bytes:
+        size = len(packet)
+        if size > limit or size < 12:
+            raise SrtpDropped(DropReason.MALFORMED, "packet too long or shorter than an RTP header")
+        buffer[0:size] = packet
+        buffer[0:12] = header
+        length[0] = size
+        status = function(ctx, cdata, length)
+        if status:
+            reason = reasons[status] if status < len(reasons) else DropReason.MALFORMED
+            raise SrtpDropped(reason, f"libsrtp status {status}")
+        return buffer[0:length[0]]  # type: ignore[no-any-return]
+
+    return process
+
+
 def _session(profile: SrtpProfile, master: bytes, ssrc_type: int, *, outbound: bool) -> pylibsrtp.Session:
     if len(master) != profile.master_length:
         raise ValueError(
@@ -114,44 +190,27 @@ def _session(profile: SrtpProfile, master: bytes, ssrc_type: int, *, outbound: b
 class SrtpProtector:
     """Protects RTP and RTCP leaving in one direction of one call (any SSRC)."""
 
-    __slots__ = ("_rtp", "_rtcp")
+    __slots__ = ("_rtp", "_rtcp", "protect_rtp", "protect_rtcp", "protect_rtp_with_header")
 
     def __init__(self, profile: SrtpProfile, srtp_master: bytes, srtcp_master: bytes) -> None:
         outbound = pylibsrtp.Policy.SSRC_ANY_OUTBOUND
         self._rtp = _session(profile, srtp_master, outbound, outbound=True)
         self._rtcp = _session(profile, srtcp_master, outbound, outbound=True)
-
-    def protect_rtp(self, packet: bytes) -> bytes:
-        try:
-            return self._rtp.protect(packet)
-        except (pylibsrtp.Error, ValueError) as error:
-            raise SrtpDropped(drop_reason(error), str(error)) from None
-
-    def protect_rtcp(self, packet: bytes) -> bytes:
-        try:
-            return self._rtcp.protect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError) as error:
-            raise SrtpDropped(drop_reason(error), str(error)) from None
+        # Plain attributes, not methods: the relays call them per packet (SrtpDropped on refusal).
+        self.protect_rtp: Callable[[bytes], bytes] = _direct(self._rtp, "protect")
+        self.protect_rtcp: Callable[[bytes], bytes] = _direct(self._rtcp, "protect_rtcp")
+        # protect_rtp(header + packet[12:]) without building that packet (None: not available).
+        self.protect_rtp_with_header = _direct_with_header(self._rtp)
 
 
 class SrtpUnprotector:
     """Verifies and decrypts SRTP and SRTCP arriving in one direction of one call (any SSRC)."""
 
-    __slots__ = ("_rtp", "_rtcp")
+    __slots__ = ("_rtp", "_rtcp", "unprotect_rtp", "unprotect_rtcp")
 
     def __init__(self, profile: SrtpProfile, srtp_master: bytes, srtcp_master: bytes) -> None:
         inbound = pylibsrtp.Policy.SSRC_ANY_INBOUND
         self._rtp = _session(profile, srtp_master, inbound, outbound=False)
         self._rtcp = _session(profile, srtcp_master, inbound, outbound=False)
-
-    def unprotect_rtp(self, packet: bytes) -> bytes:
-        try:
-            return self._rtp.unprotect(packet)
-        except (pylibsrtp.Error, ValueError) as error:
-            raise SrtpDropped(drop_reason(error), str(error)) from None
-
-    def unprotect_rtcp(self, packet: bytes) -> bytes:
-        try:
-            return self._rtcp.unprotect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError) as error:
-            raise SrtpDropped(drop_reason(error), str(error)) from None
+        self.unprotect_rtp: Callable[[bytes], bytes] = _direct(self._rtp, "unprotect")
+        self.unprotect_rtcp: Callable[[bytes], bytes] = _direct(self._rtcp, "unprotect_rtcp")

@@ -19,6 +19,7 @@ never happen, libsrtp makes sure of it.
 from __future__ import annotations
 
 import secrets
+import struct
 
 from .srtp import DropReason, SrtpDropped, SrtpProtector
 
@@ -31,6 +32,7 @@ MAX_FORWARD_STEP = 1000
 _DEFAULT_TS_STEP = 160  # 20 ms at 8 kHz, until the stream shows its own step
 
 _SR, _RR, _SDES, _BYE = 200, 201, 202, 203
+_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
 
 
 def _malformed(what: str) -> SrtpDropped:
@@ -61,11 +63,14 @@ class OutboundTranslator:
 
     def rtp(self, packet: bytes) -> bytes:
         """The packet as it leaves: our SSRC, the next index, the timestamp on our time line."""
+        return self.rtp_header(packet) + packet[12:]
+
+    def rtp_header(self, packet: bytes) -> bytes:
+        """Only the 12 header bytes `rtp` would put in front of `packet[12:]` (the hot path
+        writes them straight into libsrtp's buffer). Advances the stream like `rtp`."""
         if len(packet) < 12 or packet[0] & 0xC0 != 0x80:
             raise _malformed("not an RTP version 2 packet")
-        seq = (packet[2] << 8) | packet[3]
-        ts = int.from_bytes(packet[4:8], "big")
-        ssrc = int.from_bytes(packet[8:12], "big")
+        first, second, seq, ts, ssrc = _HEADER.unpack_from(packet)
         marker = 0
         if ssrc == self._in_ssrc:
             step = (seq - self._in_seq) & 0xFFFF
@@ -85,9 +90,7 @@ class OutboundTranslator:
         self._in_ssrc, self._in_seq, self._in_ts = ssrc, seq, ts
         out_ts = (ts + self._ts_offset) & _M32
         self._last_out_ts = out_ts
-        index = self.index
-        return (bytes((packet[0], packet[1] | marker, (index >> 8) & 0xFF, index & 0xFF))
-                + out_ts.to_bytes(4, "big") + self._ssrc_bytes + packet[12:])
+        return _HEADER.pack(first, second | marker, self.index & 0xFFFF, out_ts, self.ssrc)
 
     def _restart(self, ts: int) -> int:
         self.restarts += 1
@@ -162,14 +165,24 @@ def _rewrite_sdes(out: bytearray, position: int, end: int, chunks: int, ssrc: by
 class SrtpSender:
     """One direction's outbound SRTP/SRTCP: the translator, then libsrtp (which refuses repeats)."""
 
-    __slots__ = ("translator", "protector")
+    __slots__ = ("translator", "protector", "protect_rtp")
 
     def __init__(self, protector: SrtpProtector, translator: OutboundTranslator | None = None) -> None:
         self.protector = protector
-        self.translator = translator or OutboundTranslator()
+        self.translator = translator = translator or OutboundTranslator()
+        # One closure per packet instead of three method layers: the translated header goes
+        # straight into libsrtp's buffer in front of the payload.
+        with_header = protector.protect_rtp_with_header
+        rtp_header = translator.rtp_header
+        if with_header is not None:
+            def protect_rtp(packet: bytes) -> bytes:
+                return with_header(rtp_header(packet), packet)  # type: ignore[misc]
+        else:  # pragma: no cover - pylibsrtp without the direct path
+            protect, rtp = protector.protect_rtp, translator.rtp
 
-    def protect_rtp(self, packet: bytes) -> bytes:
-        return self.protector.protect_rtp(self.translator.rtp(packet))
+            def protect_rtp(packet: bytes) -> bytes:
+                return protect(rtp(packet))
+        self.protect_rtp = protect_rtp
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         return self.protector.protect_rtcp(self.translator.rtcp(packet))

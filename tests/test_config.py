@@ -57,6 +57,7 @@ def test_trusted_server_certificates_resolve_next_to_the_file(tmp_path: Path) ->
         ("tunnel = 3\n", "'tunnel' must be a table"),
         ('log_level = "LOUD"\n', "log_level"),
         ("[tunnel\n", "not valid TOML"),
+        ("[media]\nsingle_port = 70000\n", "single_port: 70000 is not a UDP port"),
     ],
 )
 def test_bad_settings_name_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
@@ -88,6 +89,11 @@ def test_cli_refuses_bad_config_with_exit_2(tmp_path: Path, capsys: pytest.Captu
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "asterisk.sip_prt" in err and str(path) in err
+
+
+def test_single_port_is_off_by_default_and_read_from_media(tmp_path: Path) -> None:
+    assert load_config(ServerConfig, write(tmp_path, SECRETS)).media.single_port == 0
+    assert load_config(ServerConfig, write(tmp_path, "[media]\nsingle_port = 40000\n" + SECRETS)).media.single_port == 40000
 
 
 def test_the_server_has_no_built_in_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

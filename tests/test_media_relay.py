@@ -205,11 +205,12 @@ class Rig:
 
 @asynccontextmanager
 async def rig(
-    profile: SrtpProfile = SrtpProfile.AES_CM_128_HMAC_SHA1_80, batch_interval: float | None = None
+    profile: SrtpProfile = SrtpProfile.AES_CM_128_HMAC_SHA1_80, batch_interval: float | None = None,
+    client_readiness: bool | None = None, single_port: int | None = None,
 ) -> AsyncIterator[Rig]:
     keys = call_keys(profile)
-    relay = MediaRelay(wan_host=HOST, pbx_host=HOST, batch_interval=batch_interval)
-    client = ClientMedia(HOST, wan_bind_host=HOST)
+    relay = MediaRelay(wan_host=HOST, pbx_host=HOST, batch_interval=batch_interval, single_port=single_port)
+    client = ClientMedia(HOST, wan_bind_host=HOST, readiness=client_readiness)
     softphone_rtp, softphone_rtcp = bind_udp_pair(HOST)
     asterisk_rtp, asterisk_rtcp = bind_udp_pair(HOST)
     taps: list[WireTap] = []
@@ -424,6 +425,47 @@ async def test_client_address_follows_authentic_packets_only() -> None:
         assert r.relay._calls["c1"].client_rtp.address == new_address  # noqa: SLF001
 
 
+async def test_single_port_relays_both_ways_refuses_strangers_and_follows_a_rebinding() -> None:
+    """Every call's SRTP/SRTCP on one wan port (0: the kernel picks it): the call's source is bound
+    by its first authentic packet, a stranger's packets are refused and counted, and an authentic
+    packet from a new address (a NAT rebinding) re-latches the call."""
+    async with rig(single_port=0) as r:
+        port = r.relay.single_port
+        assert port is not None and r.wan_ports == (port, port)
+        other = await r.relay.open_call("c2", call_keys(SrtpProfile.AES_CM_128_HMAC_SHA1_80, call_id="other@test"))
+        assert (other.wan_rtp_port, other.wan_rtcp_port) == (port, port)  # one port for every call
+        sent, got = await r.softphone_says(1)
+        assert_translated([got], [sent])
+        sent, got = await r.asterisk_says(1)
+        assert_translated([got], [sent])
+        report = rtcp_receiver_report(0x11111111) + b"\x81\xca\x00\x02" + struct.pack("!I", 0x11111111) + b"\x01\x02ab"
+        r.softphone_rtcp.sendto(report, (HOST, r.softphone_ports[1]))
+        assert len(await recv_media(r.asterisk_rtcp)) == len(report)  # SRTCP on the same port, by packet type
+
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind((HOST, 0))
+        stranger.setblocking(False)
+        try:
+            genuine = media_only(r.tap_rtp.to_server)[0]
+            stranger.sendto(genuine, (HOST, port))  # a replay from elsewhere
+            stranger.sendto(genuine[:20] + os.urandom(len(genuine) - 20), (HOST, port))  # a forgery
+            await until(lambda: r.relay.stats().unknown_source_drops == 2)
+            _, got = await r.asterisk_says(2)  # still reaches the client at its own address
+            assert await nothing_arrives(stranger, 0.05)
+        finally:
+            stranger.close()
+
+        new_address = await r.tap_rtp.new_server_side()
+        sent, got = await r.softphone_says(2)
+        assert got[12:] == sent[12:]
+        before = len(r.tap_rtp.to_client)
+        await r.asterisk_says(3)
+        assert len(r.tap_rtp.to_client) == before + 1  # sent to the new address
+        assert r.relay._calls["c1"].client_rtp.address == new_address  # noqa: SLF001
+        assert r.server_stats().drops == 0 and r.relay.stats("c2").inbound_packets == 0
+    assert r.relay.single_port is None  # closed with the relay
+
+
 async def test_plain_packets_from_strangers_are_dropped() -> None:
     async with rig() as r:
         await r.softphone_says(1)
@@ -536,15 +578,57 @@ async def test_port_range_is_respected() -> None:
 
 async def test_relay_without_epoll_falls_back_to_one_reader_per_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where select.epoll is missing (not Linux), every socket gets loop.add_reader."""
-    import stc_asterisk.media as server_media
+    import stc_wire.readiness as readiness
 
-    monkeypatch.delattr(server_media.select, "epoll")
+    monkeypatch.delattr(readiness.select, "epoll")
     async with rig() as r:
         _, got = await r.softphone_says(1, payload_type=8)
         assert got[1] == 8
         packet, got = await r.asterisk_says(1, payload_type=8)
         assert got[12:] == packet[12:]
         assert r.relay._readiness is not None and r.relay._readiness._epoll is None  # noqa: SLF001
+
+
+@pytest.mark.parametrize("readiness", [True, False], ids=["epoll", "asyncio-endpoints"])
+async def test_client_media_both_ways_in_either_socket_mode(readiness: bool) -> None:
+    """The client's sockets in its own epoll set (Linux) or as asyncio datagram endpoints (the
+    portable fallback, e.g. Windows' proactor loop): media both ways, RTCP too, nothing dropped."""
+    async with rig(client_readiness=readiness) as r:
+        assert r.client.watched is readiness
+        sent_up, got_up, sent_down, got_down = [], [], [], []
+        for seq in range(1, 4):
+            sent, got = await r.softphone_says(seq)
+            sent_up.append(sent)
+            got_up.append(got)
+            sent, got = await r.asterisk_says(seq)
+            sent_down.append(sent)
+            got_down.append(got)
+        assert_translated(got_up, sent_up)
+        assert_translated(got_down, sent_down)
+        report = rtcp_receiver_report(0x11111111) + b"\x81\xca\x00\x02" + struct.pack("!I", 0x11111111) + b"\x01\x02ab"
+        r.softphone_rtcp.sendto(report, (HOST, r.softphone_ports[1]))
+        got_report = await recv_media(r.asterisk_rtcp)  # (empty reports are keep-alives: skipped)
+        assert got_report[1] == 201 and len(got_report) == len(report)
+        stats = r.client_stats()
+        assert (stats.inbound_packets, stats.drops) == (3, 0)
+    await asyncio.sleep(0)  # endpoints close on the next loop iteration
+
+
+async def test_a_burst_on_one_socket_is_drained_in_one_wakeup() -> None:
+    """Several datagrams queued on one socket are all read when it becomes readable once."""
+    async with rig() as r:
+        await r.softphone_says(1)
+        readiness = r.relay._readiness  # noqa: SLF001
+        assert readiness is not None and readiness._epoll is not None  # noqa: SLF001
+        asyncio.get_running_loop().remove_reader(readiness._epoll.fileno())  # noqa: SLF001 - no loop wake-ups
+        sent = [rtp_packet(seq, payload_type=0, ssrc=0x22222222, payload=os.urandom(160)) for seq in range(1, 9)]
+        for packet in sent:
+            r.asterisk_rtp.sendto(packet, (HOST, r.pbx_ports[0]))
+        await asyncio.sleep(0.2)  # all eight queued in the kernel
+        assert readiness._dispatch() >= 1  # noqa: SLF001 - one pass over the ready sockets
+        got = [(await recv(r.softphone_rtp))[0] for _ in sent]
+        assert_translated(got, sent)
+        asyncio.get_running_loop().add_reader(readiness._epoll.fileno(), readiness._dispatch)  # noqa: SLF001
 
 
 async def test_batched_relay_drains_every_socket_each_tick() -> None:
