@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from stc_wire.cli_common import load_or_exit, run_fast, run_until_signal, setup_logging
+from stc_wire.cli_common import load_or_exit, run_until_signal, setup_logging
 from stc_wire.config import ConfigError, load_config
 from stc_wire.tls import TlsSetupError
 
@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
     try:
-        run_fast(run_until_signal(start, app.close))
+        # The stock loop, not uvloop: the tunnel server upgrades accepted connections with
+        # start_tls, and under uvloop a ClientHello that arrives before that upgrade was left
+        # unanswered (the compose test's first client hung for tens of seconds). The media relay
+        # runs its own epoll set either way.
+        asyncio.run(run_until_signal(start, app.close))
     except (TlsSetupError, FileNotFoundError, CrlFetchError) as exc:
         print(f"stc-server: {exc}", file=sys.stderr)
         return 1

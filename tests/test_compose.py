@@ -601,7 +601,8 @@ def test_tunnels_are_up_by_the_programs_logs(stack: Stack) -> None:
     for participant in PARTICIPANTS:
         client_log = stack.compose("logs", "--no-color", f"{participant}-client").stdout
         assert f"tunnel up to stc-server:{TUNNEL_PORT}" in client_log, client_log[-3000:]
-        assert "tunnel refused" not in client_log and "tunnel closed" not in client_log, client_log[-3000:]
+        assert "tunnel refused" not in client_log and "tunnel closed" not in client_log, \
+            client_log[-3000:] + "\n--- stc-server ---\n" + server_log[-6000:]
 
 
 def test_every_window_lists_exactly_alice_bob_and_carol(stack: Stack) -> None:
