@@ -30,9 +30,7 @@ from stc_wire.sip import (
     SipRequest,
     SipResponse,
     make_response,
-    make_via,
     new_branch,
-    new_tag,
     parse_message,
     parse_name_addr,
     uri_with_host_port,
@@ -43,6 +41,7 @@ from stc_wire.sip_proxy import (
     pop_own_via,
     push_via,
     request_user,
+    refuse_unkeyed_sdp,
     rewrite_sdp,
     sdp_of,
     strip_private_headers,
@@ -333,35 +332,12 @@ class TunnelCalls:
         self.counters.refused["sdp-without-keys"] += 1
         log.warning("[%s] SDP from Asterisk for a call stc holds no keys for (Call-ID %s) refused",
                     self.peer.id, msg.call_id)
-        if isinstance(msg, SipRequest):
-            if msg.method != "ACK":
-                refusal = make_response(msg, 488, to_tag=new_tag(),
-                                        headers=[("Warning", '399 stc "no media keys for this call"')])
-                self._send_to_asterisk(refusal)
-            return True
-        number, method = msg.cseq
-        if method == "INVITE" and 200 <= msg.status < 300:
-            for request in (self._in_dialog_request(msg, "ACK", number),
-                            self._in_dialog_request(msg, "BYE", number + 1)):
-                self._send_to_asterisk(request)
-        return True
-
-    def _in_dialog_request(self, response: SipResponse, method: str, cseq: int) -> SipRequest:
-        """ACK or BYE for the dialog a 2xx from Asterisk set up, sent by us (our Via alone)."""
-        contact = response.get("Contact")
+        contact = msg.get("Contact") or msg.get("To") or ""
         host, port = self.asterisk_address
-        target = parse_name_addr(contact).uri if contact else (parse_name_addr(response.get("To") or "").uri)
-        request = SipRequest(method, uri_with_host_port(target, host, port), [])
-        request.append("Via", str(make_via(*self._local, new_branch())))
-        request.append("Max-Forwards", "70")
-        request.append("From", response.get("From") or "")
-        request.append("To", response.get("To") or "")
-        request.append("Call-ID", response.call_id)
-        request.append("CSeq", f"{cseq} {method}")
-        if method == "BYE":
-            request.append("Reason", 'Q.850;cause=88;text="stc holds no media keys for this call"')
-        request.append("Content-Length", "0")
-        return request
+        target = uri_with_host_port(parse_name_addr(contact).uri, host, port) if contact else ""
+        for reply in refuse_unkeyed_sdp(msg, host=self._local[0], port=self._local[1], target_uri=target):
+            self._send_to_asterisk(reply)
+        return True
 
     def _track_response(self, response: SipResponse, call: ServerCall | None) -> None:
         number, method = response.cseq

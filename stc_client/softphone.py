@@ -22,7 +22,7 @@ import asyncio
 import logging
 import secrets
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -47,6 +47,7 @@ from stc_wire.sip_proxy import (
     point_contact_at,
     pop_own_via,
     push_via,
+    refuse_unkeyed_sdp,
     request_user,
     rewrite_sdp,
     sdp_of,
@@ -178,18 +179,10 @@ class SoftphoneProxy:
         return None
 
     def _find(self, call_id: str, *tags: str | None) -> ClientCall | None:
-        for tag in tags:
-            call = self.calls.get((call_id, tag or ""))
-            if call is not None:
-                return call
-        return None
+        return _lookup(self.calls, call_id, tags)
 
     def _find_ended(self, call_id: str, *tags: str | None) -> ClientCall | None:
-        for tag in tags:
-            call = self.recently_ended.get((call_id, tag or ""))
-            if call is not None:
-                return call
-        return None
+        return _lookup(self.recently_ended, call_id, tags)
 
     # -- from the softphone --------------------------------------------------
     def from_softphone(self, data: bytes, addr: Address) -> None:
@@ -506,23 +499,9 @@ class SoftphoneProxy:
         log.warning("SDP from the server for a call without media keys (Call-ID %s) refused", msg.call_id)
         if self._send is None:
             return
-        if isinstance(msg, SipRequest):
-            if msg.method != "ACK":
-                refusal = make_response(msg, 488, to_tag=new_tag(), headers=[("Warning", '399 stc "no media keys for this call"')])
-                await self._send(wire.SipMessage(refusal.to_bytes()))
-            return
-        number, method = msg.cseq
-        if method == "INVITE" and 200 <= msg.status < 300:
-            for name, cseq in (("ACK", number), ("BYE", number + 1)):
-                request = SipRequest(name, parse_name_addr(msg.get("To") or "").uri, [])
-                request.append("Via", str(make_via(self.host, self.port, new_branch())))
-                request.append("Max-Forwards", "70")
-                request.append("From", msg.get("From") or "")
-                request.append("To", msg.get("To") or "")
-                request.append("Call-ID", msg.call_id)
-                request.append("CSeq", f"{cseq} {name}")
-                request.append("Content-Length", "0")
-                await self._send(wire.SipMessage(request.to_bytes()))
+        target = parse_name_addr(msg.get("To") or "").uri  # the server points it at Asterisk
+        for reply in refuse_unkeyed_sdp(msg, host=self.host, port=self.port, target_uri=target):
+            await self._send(wire.SipMessage(reply.to_bytes()))
 
     def _track_response(self, call: ClientCall, response: SipResponse) -> None:
         number, method = response.cseq
@@ -683,6 +662,15 @@ class SoftphoneProxy:
         bye.append("Reason", f'Q.850;cause=41;text="{_quoted(why)}"')
         bye.append("Content-Length", "0")
         return bye
+
+
+def _lookup(table: Mapping[DialogKey, ClientCall], call_id: str, tags: tuple[str | None, ...]) -> ClientCall | None:
+    """The call of the first (Call-ID, tag) dialog found in `table`."""
+    for tag in tags:
+        call = table.get((call_id, tag or ""))
+        if call is not None:
+            return call
+    return None
 
 
 def _quoted(text: str) -> str:

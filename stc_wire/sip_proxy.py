@@ -13,7 +13,19 @@ import re
 from dataclasses import replace
 
 from .sdp import AudioEndpoint, SessionDescription, SdpError, audio_endpoint, rewrite_for_relay, with_rtcp_mux
-from .sip import BRANCH_MAGIC_COOKIE, SipMessage, SipRequest, SipResponse, make_via, parse_name_addr, parse_sip_uri, parse_via
+from .sip import (
+    BRANCH_MAGIC_COOKIE,
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    make_response,
+    make_via,
+    new_branch,
+    new_tag,
+    parse_name_addr,
+    parse_sip_uri,
+    parse_via,
+)
 
 SDP_TYPE = "application/sdp"
 # Headers a client may never set: the server's per-call admission token travels in them.
@@ -95,3 +107,31 @@ def request_user(request: SipRequest) -> str:
     uri = request.uri
     after_scheme = uri.split(":", 1)[1] if ":" in uri else uri
     return after_scheme.split("@", 1)[0] if "@" in after_scheme else ""
+
+
+def refuse_unkeyed_sdp(message: SipMessage, *, host: str, port: int, target_uri: str) -> list[SipMessage]:
+    """What goes back to the sender of SDP for a dialog we hold no keys for (never passed on):
+    a 488 for a request other than ACK; for a 2xx to an INVITE, an ACK and a BYE sent by us
+    (`host`:`port` our Via alone, to `target_uri`); nothing for anything else."""
+    if isinstance(message, SipRequest):
+        if message.method == "ACK":
+            return []
+        return [make_response(message, 488, to_tag=new_tag(), headers=[("Warning", '399 stc "no media keys for this call"')])]
+    assert isinstance(message, SipResponse)
+    number, method = message.cseq
+    if method != "INVITE" or not 200 <= message.status < 300:
+        return []
+    requests: list[SipMessage] = []
+    for name, cseq in (("ACK", number), ("BYE", number + 1)):
+        request = SipRequest(name, target_uri, [])
+        request.append("Via", str(make_via(host, port, new_branch())))
+        request.append("Max-Forwards", "70")
+        request.append("From", message.get("From") or "")
+        request.append("To", message.get("To") or "")
+        request.append("Call-ID", message.call_id)
+        request.append("CSeq", f"{cseq} {name}")
+        if name == "BYE":
+            request.append("Reason", 'Q.850;cause=88;text="stc holds no media keys for this call"')
+        request.append("Content-Length", "0")
+        requests.append(request)
+    return requests

@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSCloseCode, web
 
@@ -222,12 +223,9 @@ class UiServer:
                                   "first_start": not self.config_path.exists()})
 
     async def _post_settings(self, request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            return _refused(415, "form", "settings are sent as application/json")
-        try:
-            form = await request.json()
-        except ValueError:
-            return _refused(400, "form", "the request is not valid JSON")
+        form = await _json_form(request)
+        if isinstance(form, web.Response):
+            return form
         async with self._settings_lock:
             try:
                 current = load_current(self.config_path)
@@ -244,12 +242,9 @@ class UiServer:
             return await self._saved(config)
 
     async def _post_first_start(self, request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            return _refused(415, "form", "settings are sent as application/json")
-        try:
-            form = await request.json()
-        except ValueError:
-            return _refused(400, "form", "the request is not valid JSON")
+        form = await _json_form(request)
+        if isinstance(form, web.Response):
+            return form
         async with self._settings_lock:
             try:
                 config = first_start_settings(form, config_path=self.config_path,
@@ -284,6 +279,16 @@ def _rejected(exc: SettingsRejected) -> web.Response:
 def _authorization_token(request: web.Request) -> str | None:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "token" else None
+
+
+async def _json_form(request: web.Request) -> Any | web.Response:
+    """The request's JSON body, or the refusal to answer with (415 not JSON, 400 not parseable)."""
+    if request.content_type != "application/json":
+        return _refused(415, "form", "settings are sent as application/json")
+    try:
+        return await request.json()
+    except ValueError:
+        return _refused(400, "form", "the request is not valid JSON")
 
 
 def _refused(status: int, field: str, message: str) -> web.Response:
