@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asterisk_lab
 from asterisk_lab import FASTAGI_PORT, SIP_HOST, SIP_PORT, lab_secret
-from sipp import free_udp_port
+from sipp import SippCaller, free_udp_port
 
 from stc_asterisk.app import ServerApp
 from stc_asterisk.config import (
@@ -157,3 +157,12 @@ async def wait_until(predicate, timeout: float = 10.0, what: str = "condition") 
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.05)
+
+
+def room_caller(sipp_callers: Callable[..., SippCaller], stack: Stack, user: str, **kwargs: object) -> SippCaller:
+    """A SIPp softphone of `user` (From `user`, display name `User`) dialling room 1000 through
+    that user's stc-client; any SippCaller option may be given, `timeout_s` is 60 unless said."""
+    kwargs.setdefault("service", "1000")
+    kwargs.setdefault("timeout_s", 60)
+    return sipp_callers(target_host="127.0.0.1", target_port=stack.sip_port(user), caller=user,
+                        caller_name=user.title(), **kwargs)

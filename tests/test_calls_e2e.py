@@ -12,7 +12,7 @@ import pytest
 from asterisk_lab import AmiClient, event_is
 from capture import Capture, g711a_payloads
 from sipp import G711A_PCAP, SCENARIO_DIR, UAC_WAIT_BYE, Codec, SippCaller
-from stack import WAN_HOST, Stack, stc_stack, wait_until
+from stack import WAN_HOST, room_caller, stc_stack, wait_until
 from stc_wire.srtp import SrtpDropped, SrtpUnprotector
 from tests.certs import TestPki, make_test_pki
 
@@ -26,11 +26,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
-def caller(sipp_callers: Callable[..., SippCaller], stack: Stack, user: str, **kwargs: object) -> SippCaller:
-    kwargs.setdefault("service", ROOM)
-    kwargs.setdefault("timeout_s", 60)
-    return sipp_callers(target_host="127.0.0.1", target_port=stack.sip_port(user), caller=user,
-                        caller_name=user.title(), **kwargs)
+caller = room_caller
 
 
 def non_silent(payload: bytes) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from asterisk_lab import AmiClient, event_is
 from capture import Capture
 from sipp import SCENARIO_DIR, Codec, SippCaller
-from stack import Stack, stc_stack, wait_until
+from stack import room_caller, stc_stack, wait_until
 from tests.certs import TestPki, make_test_pki
 
 pytestmark = pytest.mark.asterisk
@@ -24,11 +24,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
-def caller(sipp_callers: Callable[..., SippCaller], stack: Stack, user: str, **kwargs: object) -> SippCaller:
-    kwargs.setdefault("service", ROOM)
-    kwargs.setdefault("timeout_s", 60)
-    return sipp_callers(target_host="127.0.0.1", target_port=stack.sip_port(user), caller=user,
-                        caller_name=user.title(), **kwargs)
+caller = room_caller
 
 
 @pytest.mark.parametrize("scenario", [UAC_LATE_OFFER, UAC_RTCP_MUX], ids=["late-offer", "rtcp-mux-required"])

@@ -17,6 +17,7 @@ import struct
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pytest
 from asterisk_lab import AmiClient, event_is
 from capture import Capture
 from sipp import SCENARIO_DIR, UAC_WAIT_BYE, Codec, SippCaller
-from stack import WAN_HOST, Stack, stc_stack, wait_until
+from stack import Stack, WAN_HOST, room_caller, stc_stack, wait_until
 from stc_wire import messages as wire
 from stc_wire.roster import Roster, iso_utc
 from stc_wire.sip import SipRequest, new_branch, new_tag
@@ -42,11 +43,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
-def caller(sipp_callers: Callable[..., SippCaller], stack: Stack, user: str, **kwargs: object) -> SippCaller:
-    kwargs.setdefault("service", ROOM)
-    kwargs.setdefault("timeout_s", 90)
-    return sipp_callers(target_host="127.0.0.1", target_port=stack.sip_port(user), caller=user,
-                        caller_name=user.title(), **kwargs)
+caller = partial(room_caller, timeout_s=90)  # the liveness test waits up to 35 s for a dead phone
 
 
 # -- a softphone that repeats its sequence numbers ---------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 from asterisk_lab import AmiClient, event_is
 from capture import Capture
 from sipp import Codec, SippCaller, free_udp_port
-from stack import WAN_HOST, Stack, stc_stack, wait_until
+from stack import WAN_HOST, room_caller, stc_stack, wait_until
 from tests.certs import TestPki, make_test_pki
 
 pytestmark = pytest.mark.asterisk
@@ -30,11 +30,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
-def caller(sipp_callers: Callable[..., SippCaller], stack: Stack, user: str, **kwargs: object) -> SippCaller:
-    kwargs.setdefault("service", ROOM)
-    kwargs.setdefault("timeout_s", 60)
-    return sipp_callers(target_host="127.0.0.1", target_port=stack.sip_port(user), caller=user,
-                        caller_name=user.title(), **kwargs)
+caller = room_caller
 
 
 def non_silent(payload: bytes) -> bool:
