@@ -467,6 +467,14 @@ class RosterSigner:
     def algorithm(self) -> str:
         return self._algorithm.name
 
+    @property
+    def algorithm_code(self) -> int:
+        return self._algorithm.code
+
+    def sign_data(self, data: bytes) -> tuple[int, bytes]:
+        """(algorithm code, signature) over `data`, which starts with its own context string."""
+        return sign_data(self._key, data)
+
     def sign(self, roster: Roster) -> SignedRoster:
         payload = roster.canonical_bytes()
         data = _signed_data(self._algorithm.code, payload)
@@ -555,21 +563,35 @@ class RosterVerifier:
             roster = Roster.from_bytes(signed.payload)
         except RosterError as exc:
             raise RosterRejected("malformed", str(exc)) from None
-        if self.server_id is not None and roster.server_id != self.server_id:
-            raise RosterRejected("wrong-server", f"roster from {roster.server_id!r}, expected {self.server_id!r}")
-        if self.room is not None and roster.room != self.room:
-            raise RosterRejected("wrong-room", f"roster for room {roster.room!r}, expected {self.room!r}")
-        if rooms is not None and roster.room not in rooms:
+        digest = hashlib.sha256(bytes([signed.algorithm]) + signed.payload).digest()
+        self.admit(roster, digest, rooms=rooms)
+        return roster
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._key
+
+    def check_origin(self, server_id: str, room: str, issued_at: str, *, rooms: Collection[str] | None = None) -> None:
+        """RosterRejected unless a message with these fields comes from our server, for our room(s), and is fresh."""
+        if self.server_id is not None and server_id != self.server_id:
+            raise RosterRejected("wrong-server", f"roster from {server_id!r}, expected {self.server_id!r}")
+        if self.room is not None and room != self.room:
+            raise RosterRejected("wrong-room", f"roster for room {room!r}, expected {self.room!r}")
+        if rooms is not None and room not in rooms:
             expected = ", ".join(sorted(rooms)) or "none: not in a call"
-            raise RosterRejected("wrong-room", f"roster for room {roster.room!r}, expected {expected}")
+            raise RosterRejected("wrong-room", f"roster for room {room!r}, expected {expected}")
         if self.max_age is not None:
-            issued = datetime.strptime(roster.issued_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+            issued = datetime.strptime(issued_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
             age = (self._clock() - issued).total_seconds()
             if age > self.max_age:
                 raise RosterRejected("too-old", f"roster issued {age:.0f} s ago (at most {self.max_age:.0f} s)")
             if age < -self.max_age:
                 raise RosterRejected("from-the-future", f"roster issued {-age:.0f} s in the future")
-        digest = hashlib.sha256(bytes([signed.algorithm]) + signed.payload).digest()
+
+    def admit(self, roster: Roster, digest: bytes, *, rooms: Collection[str] | None = None) -> None:
+        """After its signature verified: RosterRejected unless `roster` is for us and newer than the last one
+        of its room (`digest` names the signed bytes, for replays); then it becomes the room's last."""
+        self.check_origin(roster.server_id, roster.room, roster.issued_at, rooms=rooms)
         if digest in self._seen:
             raise RosterRejected("replayed", f"room {roster.room} version {roster.version} was already accepted")
         last = self._last.get(roster.room)
@@ -581,4 +603,3 @@ class RosterVerifier:
         self._seen[digest] = None
         while len(self._seen) > self._replay_memory:
             self._seen.popitem(last=False)
-        return roster
