@@ -42,6 +42,7 @@ from cryptography import x509  # noqa: E402
 from stc_asterisk.app import ServerApp  # noqa: E402
 from stc_asterisk.config import AdminSettings, AsteriskSettings, MediaSettings, ServerConfig, TunnelSettings  # noqa: E402
 from stc_asterisk.rooms import RoomService  # noqa: E402
+from stc_client.roster_view import ClientRosters  # noqa: E402
 from stc_client.state import ClientState  # noqa: E402
 from stc_pki.files import write_public, write_secret  # noqa: E402
 from stc_pki.pki import CertificateAuthority, Validity, cert_pem, crl_pem, generate_key, key_pem  # noqa: E402
@@ -171,6 +172,14 @@ class Bench:
         return time.process_time() - started
 
 
+def apply(view: ClientRosters, state: ClientState, data: bytes) -> None:
+    """What ClientApp does with a ROSTER frame: check it, show the roster (no logging)."""
+    received = view.receive(data, rooms={ROOM})
+    if received.rejected is not None or received.resync is not None or received.roster is None:
+        raise SystemExit(f"the client did not take a roster: {received}")
+    state.set_roster(received.roster)
+
+
 def client_apply_time(bench: Bench, frames: list[tuple[str, bytes]], repeat: int) -> float:
     """Median seconds for one fresh client to verify and apply the frames one joiner-to-be received last."""
     runs = []
@@ -178,12 +187,11 @@ def client_apply_time(bench: Bench, frames: list[tuple[str, bytes]], repeat: int
         state = ClientState()
         state.tunnel_up(bench.identities[0], bench.identities[0].to_json())
         state.call_started(ROOM, "AEAD_AES_128_GCM")
-        from stc_wire.roster import RosterVerifier
-        view = RosterVerifier.from_certificate(bench.server_cert, max_age=60)
-        for kind, data in frames[:-1]:
-            state.set_roster(view.accept(data, rooms={ROOM}))
+        view = ClientRosters(bench.server_cert, max_age=60)
+        for _, data in frames[:-1]:
+            apply(view, state, data)
         started = time.perf_counter()
-        state.set_roster(view.accept(frames[-1][1], rooms={ROOM}))
+        apply(view, state, frames[-1][1])
         runs.append(time.perf_counter() - started)
     return statistics.median(runs)
 

@@ -10,6 +10,9 @@ Decisions:
   ARI and AMI are two sockets whose events can arrive in either order, so an
   AMI join arriving after ARI's leave must not resurrect a member. AMI gives the
   talking flags (`ConfbridgeTalking`); an AMI leave clears them.
+- Talking is not a roster change: a room's talking flags going on and off would otherwise
+  re-sign and resend its whole roster many times a second. `pop_talking_changes()` names the
+  rooms whose talkers changed, for the server's small, coalesced talking updates.
 - Only bridges whose `creator` is `ConfBridge` count; the room is the bridge `name`.
   ConfBridge's own announcer/recorder channels (`CBAnn/...`, `CBRec/...`) are not participants.
 - A channel in a bridge without an admission binding is UNAUTHENTICATED: it is
@@ -106,6 +109,7 @@ class ConferenceState:
         self._max_bindings = max_bindings
         self._announced_unknown: set[str] = set()  # rooms whose roster says 'unknown'
         self._listeners = ListenerTracker()
+        self._talking_changed: set[str] = set()
 
     # --- queries ------------------------------------------------------------------
 
@@ -139,6 +143,17 @@ class ConferenceState:
                 talking=member.talking,
             )
         return tuple(sorted(result.values(), key=lambda e: (e.joined_at, e.channel_id)))
+
+    def talking(self, room: str) -> frozenset[str]:
+        """The channel ids of the room's members talking now."""
+        if self._status == "unknown":
+            return frozenset()
+        return frozenset(m.channel_id for _, m in self._room_members(room) if m.talking)
+
+    def pop_talking_changes(self) -> set[str]:
+        """The rooms whose talkers changed since the last call (talking is not a roster change)."""
+        changed, self._talking_changed = self._talking_changed, set()
+        return changed
 
     def roster(self, room: str, *, server_id: str, version: int, issued_at: str) -> Roster:
         listeners = tuple(
@@ -394,8 +409,9 @@ class ConferenceState:
             if isinstance(conference, str) and conference and self._bridge_rooms[bridge_id] != conference:
                 continue
             member = members.get(uniqueid)
-            if member is not None:
+            if member is not None and member.talking != talking:
                 member.talking = talking
+                self._talking_changed.add(self._bridge_rooms[bridge_id])
 
     # --- change tracking ------------------------------------------------------------
 
@@ -407,7 +423,7 @@ class ConferenceState:
                 for m in members.values():
                     bound = self._bindings.get(m.channel_id)
                     view[room].append(
-                        (m.channel_id, m.channel_name, m.caller_name, m.caller_number, m.joined_at, m.talking,
+                        (m.channel_id, m.channel_name, m.caller_name, m.caller_number, m.joined_at,
                          bound.seq if bound else None)
                     )
         heard: dict[str, list[tuple[Any, ...]]] = {room: [] for room in view}

@@ -4,7 +4,8 @@ Ties together: the per-call tokens the SIP relay puts on INVITEs, the FastAGI
 `stc-admit` script that binds an Asterisk channel to the token's tunnel
 identity, ARI (membership, rebuilt on every reconnect) and AMI (talking,
 kick), and the signed roster pushed through the tunnel to every participant
-of a room on every change. A channel in a conference without an stc identity
+of a room on every change (a delta against the version each client holds: stc_wire.roster_sync),
+and who talks in small signed updates, coalesced per room (stc_asterisk.talking). A channel in a conference without an stc identity
 is listed as UNAUTHENTICATED and, by policy, ejected. Anything else that hears a
 room (ChanSpy, MixMonitor, the ConfBridge recorder, ARI snoops and recordings) is
 listed on the roster too and, by the room's `hidden_listeners` policy, stopped.
@@ -36,7 +37,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from stc_wire import messages as wire
 from stc_wire.binding import Binding, BindingRejected, BindingSigner, BindingVerifier
 from stc_wire.identity import PeerIdentity
-from stc_wire.roster import Roster, RosterEntry, RosterSigner, RosterVersions, iso_utc
+from stc_wire.roster import Roster, RosterEntry, RosterError, RosterSigner, RosterVersions, iso_utc
+from stc_wire.roster_sync import Publication, RosterPublisher, parse_resync_request, sign_talking
 
 from .ami import AmiClient
 from .ari import AriClient
@@ -46,6 +48,7 @@ from .fastagi import BINDING_VARIABLE, Admission, FastAgiServer, Refusal, RoomPo
 from .fastagi.protocol import AgiRequest
 from .limits import BoundedDict, TokenBook
 from .supervise import log_failure, supervise
+from .talking import TalkingCoalescer
 from .tunnel_server import TunnelPeer
 
 if TYPE_CHECKING:
@@ -79,6 +82,14 @@ class RoomService:
         key_pem = config.tunnel.key.read_bytes()
         key = load_pem_private_key(key_pem, password=None)
         self.signer = RosterSigner(key)  # type: ignore[arg-type]
+        self.publisher = RosterPublisher(self.signer)
+        self.talk_seq = RosterVersions()  # talking updates' sequence numbers, per room
+        # peer id -> room -> the roster version last sent to it: a delta against that, or the full roster.
+        self._held: dict[str, dict[str, int]] = {}
+        self._told_talking: dict[str, tuple[int, frozenset[str]]] = {}  # room -> (version, talkers) last told
+        self._resynced: BoundedDict[tuple[str, str], float] = BoundedDict(10_000)
+        self.resyncs_refused = 0
+        self.talking = TalkingCoalescer(self._send_talking)
         cert = x509.load_pem_x509_certificate(config.tunnel.cert.read_bytes())
         self.binding_signer = BindingSigner(key, cert)  # type: ignore[arg-type]
         self.binding_verifier = BindingVerifier([cert, *map(_server_certificate, config.tunnel.trusted_servers)])
@@ -124,6 +135,7 @@ class RoomService:
         await self.ari.close()
         await self.ami.close()
         await self.fastagi.close()
+        self.talking.close()
         for task in list(self._tasks):
             task.cancel()
 
@@ -285,6 +297,8 @@ class RoomService:
                 self._binding_set(fields)
             return
         self._changed(self.conference.apply_ami(event))
+        for room in self.conference.pop_talking_changes():
+            self.talking.changed(room)
 
     def _binding_set(self, fields: dict[str, Any]) -> None:
         """STC_BINDING was set on a channel: unless to the value stc-admit stored (or we verified),
@@ -327,22 +341,93 @@ class RoomService:
         for room in sorted(rooms):
             await self._enforce(room)
 
+    def _sessions_in(self, room: str) -> list[Any]:
+        return [session for session in list(self.app.sessions.values())
+                if any(call.room == room and call.confirmed for call in session.calls.values())]
+
     def _push_room(self, room: str) -> None:
         now = datetime.now(timezone.utc)
         version = self.versions.next(room, time.time_ns() // 1000)
         roster = self.conference.roster(room, server_id=self.server_id, version=version, issued_at=iso_utc(now))
-        signed = self.signer.sign(roster).to_bytes()
+        publication = self.publisher.publish(roster)  # the one signature of this roster
         self._audit_membership(roster)
         self.app.audit.record("roster-pushed", room=room, version=version, participants=len(roster.entries),
                               state=roster.state)
-        for session in list(self.app.sessions.values()):
-            if any(call.room == room and call.confirmed for call in session.calls.values()):
-                try:
-                    session.peer.push(wire.RosterUpdate(signed))
-                except Exception as exc:  # that tunnel is closing; the others still get it
-                    log.debug("roster to %s not sent: %s", session.peer.id, exc)
-        log.info("room %s roster v%d: %d participant(s), %d unauthenticated, %d hidden listener(s), state %s", room,
-                 version, len(roster.entries), len(roster.unauthenticated), len(roster.listeners), roster.state)
+        sessions = self._sessions_in(room)
+        self._forget_held(room, {session.peer.id for session in sessions})
+        deltas = 0
+        for session in sessions:
+            held = self._held.setdefault(session.peer.id, {})
+            delta = publication.delta if held.get(room) == publication.base else None
+            deltas += delta is not None
+            self._send_roster(session, room, delta or publication.full, version)
+        self._told_talking[room] = (version, frozenset(publication.talking))
+        if not roster.entries:  # an empty room: the next roster is full for everyone
+            self.publisher.forget(room)
+            self.talking.forget(room)
+        log.info("room %s roster v%d: %d participant(s), %d unauthenticated, %d hidden listener(s), state %s; "
+                 "%d delta(s), %d full", room, version, len(roster.entries), len(roster.unauthenticated),
+                 len(roster.listeners), roster.state, deltas, len(sessions) - deltas)
+
+    def _send_roster(self, session: Any, room: str, data: bytes, version: int) -> None:
+        try:
+            session.peer.push(wire.RosterUpdate(data))
+        except Exception as exc:  # that tunnel is closing; the others still get it
+            log.debug("roster to %s not sent: %s", session.peer.id, exc)
+            self._held.get(session.peer.id, {}).pop(room, None)
+            return
+        self._held.setdefault(session.peer.id, {})[room] = version
+
+    def _forget_held(self, room: str, present: set[str]) -> None:
+        """Sessions no longer in `room` (or gone) get its full roster if they come back."""
+        for peer_id in list(self._held):
+            if peer_id not in present:
+                self._held[peer_id].pop(room, None)
+            if not self._held[peer_id] or peer_id not in self.app.sessions:
+                del self._held[peer_id]
+
+    def resync(self, peer: TunnelPeer, data: bytes) -> None:
+        """A client asks for the full roster of a room it is in (a delta did not fit what it holds)."""
+        try:
+            room = parse_resync_request(data)
+        except RosterError as exc:
+            self.resyncs_refused += 1
+            log.debug("[%s] roster resync request refused: %s", peer.id, exc)
+            return
+        session = self.app.sessions.get(peer.id)
+        publication: Publication | None = self.publisher.last(room)
+        now = time.monotonic()
+        if session is None or session not in self._sessions_in(room) or publication is None:
+            self.resyncs_refused += 1
+            log.debug("[%s] roster resync for room %s refused: not in it, or no roster yet", peer.id, room[:80])
+            return
+        if now - self._resynced.get((peer.id, room), float("-inf")) < 1.0:
+            self.resyncs_refused += 1  # at most one full roster a second per client and room
+            return
+        self._resynced[(peer.id, room)] = now
+        log.info("[%s] full roster v%d of room %s on request", peer.id, publication.version, room)
+        self._send_roster(session, room, publication.full, publication.version)
+
+    def _send_talking(self, room: str) -> None:
+        """One talking update: who talks in `room` now, for the clients holding its last roster."""
+        publication = self.publisher.last(room)
+        if publication is None:
+            return
+        talking = self.conference.talking(room)
+        if self._told_talking.get(room) == (publication.version, talking):
+            return  # back to what they were last told
+        self._told_talking[room] = (publication.version, talking)
+        data = sign_talking(self.signer, server_id=self.server_id, room=room, version=publication.version,
+                            seq=self.talk_seq.next(room, time.time_ns() // 1000),
+                            issued_at=iso_utc(datetime.now(timezone.utc)), talking=talking)
+        for session in self._sessions_in(room):
+            if self._held.get(session.peer.id, {}).get(room) != publication.version:
+                continue  # its next roster, full, says who talks
+            try:
+                session.peer.push(wire.RosterUpdate(data))
+            except Exception as exc:
+                log.debug("talking update to %s not sent: %s", session.peer.id, exc)
+        log.debug("room %s talking update (roster v%d): %d talking", room, publication.version, len(talking))
 
     def _audit_membership(self, roster: Roster) -> None:
         """Joins and leaves since the room's last roster (none while the state is unknown: Asterisk

@@ -153,6 +153,8 @@ class TunnelCalls:
             await self._sip_from_client(message.data)
         elif isinstance(message, wire.MediaEnd):
             self._release_by_stream(message.stream_id)
+        elif isinstance(message, wire.RosterUpdate) and self.app.rooms is not None:
+            self.app.rooms.resync(self.peer, message.data)  # a client out of step asks for the full roster
         else:
             log.debug("[%s] ignoring %s", self.peer.id, type(message).__name__)
 

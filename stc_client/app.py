@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from stc_wire.messages import Message, RosterUpdate
-from stc_wire.roster import Roster, RosterError, RosterRejected, RosterVerifier
+from stc_wire.roster import Roster
+from stc_wire.roster_sync import TalkingUpdate
 from stc_wire.srtp import SrtpProfile
 
 from .config import ClientConfig, softphone_address
 from .media import ClientMedia
+from .roster_view import ClientRosters
 from .softphone import ClientCall, SoftphoneProxy
 from .state import ClientState, MediaCounters, listener_message
 from .tunnel_client import ClientTunnel, TunnelRefused, open_tunnel
@@ -43,7 +42,8 @@ class ClientApp:
         self._task: asyncio.Task[None] | None = None
         self.faults = 0  # unexpected exceptions while serving a tunnel (each logged, then reconnected)
         self.rosters: deque[Roster] = deque(maxlen=100)  # every verified roster, newest last
-        self._verifier: RosterVerifier | None = None
+        self.talking: deque[TalkingUpdate] = deque(maxlen=100)  # every verified talking update, newest last
+        self._roster_view: ClientRosters | None = None
         self._verifier_key: object = None
         self._end_reason = ""  # why the last call ended, for the window
         self._counters: asyncio.Task[None] | None = None
@@ -148,11 +148,11 @@ class ClientApp:
 
     async def on_message(self, message: Message) -> None:
         if isinstance(message, RosterUpdate):
-            self._roster(message.data)
+            await self._roster(message.data)
         else:
             await self.softphone.on_server_message(message)
 
-    def _roster(self, data: bytes) -> None:
+    async def _roster(self, data: bytes) -> None:
         """Verify (signature, room, version) before anything of it is believed or shown."""
         if self.tunnel is None:
             return
@@ -162,25 +162,28 @@ class ClientApp:
             return
         certificate = self.tunnel.server_certificate
         key = certificate.public_key()
-        if self._verifier is None or self._verifier_key != key:
-            # server_id is what the server puts in every roster: its certificate's SHA-256.
-            server_id = hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
-            self._verifier = RosterVerifier.from_certificate(
-                certificate, server_id=server_id, max_age=self.config.server.roster_max_age)
+        if self._roster_view is None or self._verifier_key != key:
+            self._roster_view = ClientRosters(certificate, max_age=self.config.server.roster_max_age)
             self._verifier_key = key
-        try:
-            # Only rosters of the rooms our calls are in: never another room's, never a stale one.
-            roster = self._verifier.accept(data, rooms={call.room for call in self.softphone.calls.values()})
-        except RosterRejected as exc:
+        # Only rosters of the rooms our calls are in: never another room's, never a stale one.
+        received = self._roster_view.receive(data, rooms={call.room for call in self.softphone.calls.values()})
+        if received.resync is not None:
+            log.info("roster out of step with the server: asking for the full roster")
+            await self.tunnel.send(RosterUpdate(received.resync))
+        if received.rejected is not None:
+            exc = received.rejected
             log.error("roster REFUSED (%s): %s", exc.reason, exc)
             self.state.roster_rejected(exc)
             return
-        except (RosterError, ValueError) as exc:
-            log.error("roster REFUSED (malformed): %s", exc)
-            self.state.roster_rejected("malformed", str(exc))
+        roster = received.roster
+        if roster is None:
             return
-        self.rosters.append(roster)
-        log.info("%s", describe_roster(roster))
+        if received.talking is not None:
+            self.talking.append(received.talking)
+            log.debug("room %s: %d talking", roster.room, len(received.talking.talking))
+        else:
+            self.rosters.append(roster)
+            log.info("%s", describe_roster(roster))
         if self.state.call is None:
             # A push that crossed our hang-up (or came before our 200 OK): the window shows
             # only the roster of the call it is in; the next push after joining brings it.

@@ -177,6 +177,18 @@ def message_kind(data: bytes) -> str:
     return {ROSTER_MAGIC: "roster", TALKING_MAGIC: "talking", RESYNC_MAGIC: "resync"}.get(bytes(data[:4]), "unknown")
 
 
+def peek_delta_room(data: bytes) -> str | None:
+    """The room of a roster update that is a delta (nothing verified), or None: for the client to
+    decide whether a refused update deserves a resync request."""
+    try:
+        _, body, _ = _open_envelope(data, ROSTER_MAGIC, COMPACT_FORMAT)
+        obj = _json_object(body)
+    except RosterRejected:
+        return None
+    room = obj.get("room")
+    return room if isinstance(room, str) and obj.get("base") is not None else None
+
+
 # --- the server's side -----------------------------------------------------------------------
 
 

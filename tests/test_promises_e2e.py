@@ -29,6 +29,7 @@ from sipp import SCENARIO_DIR, UAC_WAIT_BYE, Codec, SippCaller
 from stack import Stack, WAN_HOST, room_caller, stc_stack, wait_until
 from stc_wire import messages as wire
 from stc_wire.roster import Roster, iso_utc
+from stc_wire.roster_sync import RosterPublisher
 from stc_wire.sip import SipRequest, new_branch, new_tag
 from tests.certs import TestPki, make_test_pki
 
@@ -362,7 +363,7 @@ async def test_rosters_for_another_room_another_server_or_too_old_are_refused_an
         }
         for reason, roster in forged.items():
             # Signed with the real server key and sent through the real tunnel: only its content is wrong.
-            await peer.send(wire.RosterUpdate(rooms.signer.sign(roster).to_bytes()))
+            await peer.send(wire.RosterUpdate(RosterPublisher(rooms.signer).publish(roster).full))
             await wait_until(lambda r=reason: (client.state.rejection is not None
                                               and client.state.rejection.reason == r), 5, f"{reason} refused")
             shown = client.state.roster  # still a good one: the forged roster was not believed

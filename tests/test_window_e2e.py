@@ -31,6 +31,7 @@ from stc_client.app import ClientApp
 from stc_wire import messages as wire
 from stc_wire.identity import identity_of
 from stc_wire.roster import iso_utc
+from stc_wire.roster_sync import RosterPublisher
 from tests.certs import ZOE_DISPLAY_NAME, TestPki, make_test_pki
 
 pytestmark = pytest.mark.asterisk
@@ -76,7 +77,7 @@ async def push_signed_roster(stack: Stack, room: str) -> int:
     version = rooms.versions.next(room, time.time_ns() // 1000)
     roster = rooms.conference.roster(room, server_id=rooms.server_id, version=version,
                                      issued_at=iso_utc(datetime.now(UTC)))
-    signed = rooms.signer.sign(roster).to_bytes()
+    signed = RosterPublisher(rooms.signer).publish(roster).full
     for session in stack.server.sessions.values():
         await session.peer.send(wire.RosterUpdate(signed))
     return version
