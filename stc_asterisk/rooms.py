@@ -89,6 +89,7 @@ class RoomService:
         self._told_talking: dict[str, tuple[int, frozenset[str]]] = {}  # room -> (version, talkers) last told
         self._resynced: BoundedDict[tuple[str, str], float] = BoundedDict(10_000)
         self.resyncs_refused = 0
+        self.rosters_sent = {"delta": 0, "full": 0, "resync": 0, "talking": 0}  # messages, by kind
         self.talking = TalkingCoalescer(self._send_talking)
         cert = x509.load_pem_x509_certificate(config.tunnel.cert.read_bytes())
         self.binding_signer = BindingSigner(key, cert)  # type: ignore[arg-type]
@@ -361,6 +362,8 @@ class RoomService:
             delta = publication.delta if held.get(room) == publication.base else None
             deltas += delta is not None
             self._send_roster(session, room, delta or publication.full, version)
+        self.rosters_sent["delta"] += deltas
+        self.rosters_sent["full"] += len(sessions) - deltas
         self._told_talking[room] = (version, frozenset(publication.talking))
         if not roster.entries:  # an empty room: the next roster is full for everyone
             self.publisher.forget(room)
@@ -407,6 +410,7 @@ class RoomService:
         self._resynced[(peer.id, room)] = now
         log.info("[%s] full roster v%d of room %s on request", peer.id, publication.version, room)
         self._send_roster(session, room, publication.full, publication.version)
+        self.rosters_sent["resync"] += 1
 
     def _send_talking(self, room: str) -> None:
         """One talking update: who talks in `room` now, for the clients holding its last roster."""
@@ -427,6 +431,8 @@ class RoomService:
                 session.peer.push(wire.RosterUpdate(data))
             except Exception as exc:
                 log.debug("talking update to %s not sent: %s", session.peer.id, exc)
+                continue
+            self.rosters_sent["talking"] += 1
         log.debug("room %s talking update (roster v%d): %d talking", room, publication.version, len(talking))
 
     def _audit_membership(self, roster: Roster) -> None:

@@ -22,7 +22,7 @@ from stc_wire.roster_sync import (
     RosterReceiver,
     TalkingUpdate,
     message_kind,
-    peek_delta_room,
+    peek_update,
     resync_request,
 )
 
@@ -65,11 +65,16 @@ class ClientRosters:
             self.out_of_step += 1
             return Received(resync=self._ask(gap.room, gap.have))
         except RosterRejected as exc:
+            peeked = peek_update(data) if kind == "roster" else None
+            if peeked is None or peeked[0] not in rooms:
+                return Received(rejected=exc)
+            room, version, base = peeked
+            if base is None and exc.reason == "stale-version" and version == self.receiver.held_version(room):
+                return Received()  # the answer to a resync we did not need after all: we hold that version
             # A delta that does not verify may be built on a copy that went wrong: get the whole roster
-            # (only for our own rooms, and never for a full roster, which would only fail again).
-            room = peek_delta_room(data) if kind == "roster" and exc.reason in ("bad-signature", "malformed") else None
-            resync = self._ask(room, self.receiver.held_version(room)) if room is not None and room in rooms else None
-            return Received(rejected=exc, resync=resync)
+            # (never for a full roster, which would only fail again).
+            wanted = base is not None and exc.reason in ("bad-signature", "malformed")
+            return Received(rejected=exc, resync=self._ask(room, self.receiver.held_version(room)) if wanted else None)
 
     def _ask(self, room: str | None, have: int | None) -> bytes | None:
         if room is None:

@@ -177,16 +177,18 @@ def message_kind(data: bytes) -> str:
     return {ROSTER_MAGIC: "roster", TALKING_MAGIC: "talking", RESYNC_MAGIC: "resync"}.get(bytes(data[:4]), "unknown")
 
 
-def peek_delta_room(data: bytes) -> str | None:
-    """The room of a roster update that is a delta (nothing verified), or None: for the client to
-    decide whether a refused update deserves a resync request."""
+def peek_update(data: bytes) -> tuple[str, int, int | None] | None:
+    """(room, version, base) of a roster update, nothing verified; None if it is not one. For the
+    client to decide what a refused update deserves (a resync request, or nothing)."""
     try:
         _, body, _ = _open_envelope(data, ROSTER_MAGIC, COMPACT_FORMAT)
         obj = _json_object(body)
     except RosterRejected:
         return None
-    room = obj.get("room")
-    return room if isinstance(room, str) and obj.get("base") is not None else None
+    room, version, base = obj.get("room"), obj.get("version"), obj.get("base")
+    if not isinstance(room, str) or not isinstance(version, int) or not (base is None or isinstance(base, int)):
+        return None
+    return room, version, base
 
 
 # --- the server's side -----------------------------------------------------------------------

@@ -279,3 +279,42 @@ def test_with_an_ed25519_key_too() -> None:
     client.accept(first.full)
     assert client.accept(second.delta or b"") == second.roster
     assert replace(second.roster, version=2) == client.roster(ROOM)
+
+
+def test_the_client_asks_for_the_full_roster_when_out_of_step_and_at_most_once_a_second() -> None:
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    from stc_client.roster_view import ClientRosters
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stc test server")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(KEY.public_key())
+            .serial_number(1).not_valid_before(T0 - timedelta(days=1)).not_valid_after(T0 + timedelta(days=9))
+            .sign(KEY, hashes.SHA256()))
+    server_id = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+    now = [0.0]
+    view = ClientRosters(cert, max_age=None, clock=lambda: now[0])
+    publisher = RosterPublisher(RosterSigner(KEY))
+    pubs = [publisher.publish(replace(roster(v, [entry(i) for i in range(1, v + 1)]), server_id=server_id))
+            for v in (1, 2, 3)]
+    gap = view.receive(pubs[1].delta or b"", rooms={ROOM})  # holds nothing yet
+    assert gap.roster is None and gap.rejected is None and parse_resync_request(gap.resync or b"") == ROOM
+    assert view.receive(pubs[2].delta or b"", rooms={ROOM}).resync is None  # asked less than a second ago
+    assert view.receive(pubs[1].full, rooms={ROOM}).roster == pubs[1].roster  # the server's answer
+    body = body_of(pubs[2].delta or b"")
+    body["added"][0]["channel_name"] = "PJSIP/forged"
+    now[0] = 5.0
+    forged = view.receive(rewrap(pubs[2].delta or b"", body), rooms={ROOM})
+    assert forged.rejected is not None and forged.rejected.reason == "bad-signature" and forged.resync is not None
+    # The full roster it asked for, of a version it already holds, is nothing to warn about.
+    assert view.receive(pubs[1].full, rooms={ROOM}) == type(forged)()
+    assert view.receive(pubs[2].delta or b"", rooms={ROOM}).roster == pubs[2].roster
+    assert view.out_of_step == 2
+    # Another room's update is refused without asking for anything.
+    later = publisher.publish(replace(roster(4, [entry(1)]), server_id=server_id))
+    other = view.receive(later.full, rooms={"2000"})
+    assert other.rejected is not None and other.rejected.reason == "wrong-room" and other.resync is None
