@@ -93,7 +93,6 @@ from stc_wire.roster import (
     RosterEntry,
     RosterSigner,
     RosterVerifier,
-    SignedRoster,
     iso_utc,
     normalize_time,
     verify_signature,
@@ -334,7 +333,7 @@ def instrument(app: ServerApp, room: str, records: ServerRecords) -> None:
 
     TunnelPeer.send = timed_send  # type: ignore[method-assign]  # the server process only
     apply_ari = rooms.conference.apply_ari
-    sign = rooms.signer.sign
+    sign = rooms.signer.sign_data
     push_room = rooms._push_room
     signing: dict[str, Any] = {}
 
@@ -346,11 +345,10 @@ def instrument(app: ServerApp, room: str, records: ServerRecords) -> None:
                 pass
         return apply_ari(event, **kwargs)
 
-    def timed_sign(roster: Roster) -> SignedRoster:
+    def timed_sign(data: bytes) -> tuple[int, bytes]:
         signing["started"] = time.time()
-        signed = sign(roster)
-        signing.update(done=time.time(), ids=frozenset(e.channel_id for e in roster.entries),
-                       size=len(signed.to_bytes()))
+        signed = sign(data)
+        signing.update(done=time.time(), size=len(data))  # the compact roster's signed bytes
         return signed
 
     async def timed_push_room(pushed_room: str) -> None:
@@ -359,13 +357,16 @@ def instrument(app: ServerApp, room: str, records: ServerRecords) -> None:
         sessions = sum(1 for s in app.sessions.values()
                        if any(c.room == pushed_room and c.confirmed for c in s.calls.values()))
         await push_room(pushed_room)
-        if pushed_room == room and "done" in signing:
-            records.pushes.append(PushDone(rooms.pushed[pushed_room], signing["ids"], started, signing["started"],
+        publication = rooms.publisher.last(pushed_room)
+        if pushed_room == room and "done" in signing and publication is not None:
+            records.pushes.append(PushDone(publication.version,
+                                           frozenset(e.channel_id for e in publication.roster.entries),
+                                           started, signing["started"],
                                            signing["done"], time.time(), sessions, signing["size"], tuple(writes)))
         signing.clear()
 
     rooms.conference.apply_ari = timed_apply_ari  # type: ignore[method-assign]
-    rooms.signer.sign = timed_sign  # type: ignore[method-assign]
+    rooms.signer.sign_data = timed_sign  # type: ignore[method-assign]
     rooms._push_room = timed_push_room  # type: ignore[method-assign]
 
 
@@ -418,10 +419,10 @@ class TimedClient(ClientApp):
         self.arrivals: list[Arrival] = []
         self._progress = progress
 
-    def _roster(self, data: bytes) -> None:
+    async def _roster(self, data: bytes) -> None:
         last = self.rosters[-1] if self.rosters else None
         started = time.perf_counter()
-        super()._roster(data)
+        await super()._roster(data)
         handling = time.perf_counter() - started
         if self.rosters and self.rosters[-1] is not last:
             roster = self.rosters[-1]

@@ -110,6 +110,7 @@ class ConferenceState:
         self._announced_unknown: set[str] = set()  # rooms whose roster says 'unknown'
         self._listeners = ListenerTracker()
         self._talking_changed: set[str] = set()
+        self._entry_cache: dict[str, tuple[tuple[Any, ...], RosterEntry]] = {}  # channel id -> (its state, entry)
 
     # --- queries ------------------------------------------------------------------
 
@@ -133,7 +134,14 @@ class ConferenceState:
         result: dict[str, RosterEntry] = {}
         for bridge_id, member in self._room_members(room):
             bound = self._bindings.get(member.channel_id)
-            result[member.channel_id] = RosterEntry(
+            # An entry validates its certificate summary when made: in a big room, make each one once.
+            key = (room, bound.seq if bound else None, member.channel_name, member.caller_name, member.caller_number,
+                   member.joined_at, member.talking)
+            cached = self._entry_cache.get(member.channel_id)
+            if cached is not None and cached[0] == key:
+                result[member.channel_id] = cached[1]
+                continue
+            result[member.channel_id] = entry = RosterEntry(
                 channel_id=member.channel_id,
                 room=room,
                 identity=bound.identity if bound else None,
@@ -142,6 +150,10 @@ class ConferenceState:
                 joined_at=member.joined_at,
                 talking=member.talking,
             )
+            self._entry_cache[member.channel_id] = (key, entry)
+        if len(self._entry_cache) > 2 * sum(map(len, self._members.values())) + 100:  # forget channels long gone
+            present = {cid for members in self._members.values() for cid in members}
+            self._entry_cache = {cid: v for cid, v in self._entry_cache.items() if cid in present}
         return tuple(sorted(result.values(), key=lambda e: (e.joined_at, e.channel_id)))
 
     def talking(self, room: str) -> frozenset[str]:

@@ -246,11 +246,21 @@ class RosterPublisher:
     def __init__(self, signer: RosterSigner) -> None:
         self._signer = signer
         self._last: dict[str, Publication] = {}
+        self._compact: dict[str, dict[str, tuple[RosterEntry, CompactEntry]]] = {}  # room -> channel -> made from
 
     def publish(self, roster: Roster) -> Publication:
-        entries = {e.channel_id: CompactEntry.from_entry(e) for e in roster.entries}
-        identities = {e.ref: roster_entry.identity for e, roster_entry in zip(entries.values(), roster.entries)
-                      if e.ref is not None and roster_entry.identity is not None}
+        made = self._compact.get(roster.room, {})
+        entries: dict[str, CompactEntry] = {}
+        identities: dict[str, dict[str, Any]] = {}
+        for entry in roster.entries:
+            known = made.get(entry.channel_id)
+            # Encoding and hashing 200 summaries costs more than signing: reuse those of an unchanged entry.
+            compact = known[1] if known is not None and (known[0] is entry or known[0] == entry) else \
+                CompactEntry.from_entry(entry)
+            entries[entry.channel_id] = compact
+            if compact.ref is not None and entry.identity is not None:
+                identities[compact.ref] = entry.identity
+        self._compact[roster.room] = {e.channel_id: (e, entries[e.channel_id]) for e in roster.entries}
         signed = compact_roster_bytes(_header(roster), entries.values())
         code = self._signer.algorithm_code
         algorithm, signature = self._signer.sign_data(ROSTER_CONTEXT + bytes([code]) + signed)
@@ -265,6 +275,7 @@ class RosterPublisher:
 
     def forget(self, room: str) -> None:
         self._last.pop(room, None)
+        self._compact.pop(room, None)
 
 
 def sign_talking(signer: RosterSigner, *, server_id: str, room: str, version: int, seq: int, issued_at: str,
