@@ -72,6 +72,7 @@ _UPDATE_KEYS = frozenset({"server_id", "room", "version", "issued_at", "state", 
                           "identities", "added", "changed", "removed"})
 _TALKING_KEYS = frozenset({"server_id", "room", "version", "seq", "issued_at", "talking"})
 MAX_RESYNC_REQUEST = 512
+_HEX = frozenset("0123456789abcdef")
 
 
 class RosterOutOfStep(Exception):
@@ -119,7 +120,7 @@ class CompactEntry:
         if obj["caller_id"] is not None and not isinstance(obj["caller_id"], str):
             raise RosterError("compact entry caller_id must be a string or null")
         ref = obj["identity"]
-        if ref is not None and (not isinstance(ref, str) or len(ref) != 64):
+        if ref is not None and (not isinstance(ref, str) or len(ref) != 64 or not set(ref) <= _HEX):
             raise RosterError("compact entry identity must be a 64-hex-digit reference or null")
         if normalize_time(obj["joined_at"], "joined_at") != obj["joined_at"]:
             raise RosterError("compact entry joined_at is not in the roster's time format")
@@ -265,7 +266,7 @@ class RosterPublisher:
         code = self._signer.algorithm_code
         algorithm, signature = self._signer.sign_data(ROSTER_CONTEXT + bytes([code]) + signed)
         previous = self._last.get(roster.room)
-        publication = Publication(roster, previous.version if previous else None, entries, identities,  # type: ignore[arg-type]
+        publication = Publication(roster, previous.version if previous else None, entries, identities,
                                   previous._entries if previous else None, algorithm, signature)
         self._last[roster.room] = publication
         return publication
