@@ -29,7 +29,25 @@ from stc_asterisk.fastagi.protocol import AgiError, AgiReplyParser, AgiRequestPa
 from stc_wire.framing import Frame, FrameDecoder, FrameType, FramingError
 from stc_wire.messages import Close, Hello, MediaAnswer, MediaOffer, MessageError, Ping, RosterUpdate, SipMessage, decode_message, encode_message
 from stc_wire.identity import PeerIdentity
-from stc_wire.roster import Roster, RosterEntry, RosterError, RosterRejected, RosterSigner, SignedRoster, identity_json
+from stc_wire.roster import (
+    Roster,
+    RosterEntry,
+    RosterError,
+    RosterRejected,
+    RosterSigner,
+    RosterVerifier,
+    SignedRoster,
+    identity_json,
+)
+from stc_wire.roster_sync import (
+    RosterOutOfStep,
+    RosterPublisher,
+    RosterReceiver,
+    message_kind,
+    parse_resync_request,
+    resync_request,
+    sign_talking,
+)
 from stc_wire.sdp import SdpError, SessionDescription
 from stc_wire.sip import SipParseError, parse_message
 
@@ -137,6 +155,35 @@ def _rosters() -> tuple[Roster, SignedRoster]:
     return r, RosterSigner(generate_private_key(SECP256R1())).sign(r)
 
 
+_UPDATE_KEY = generate_private_key(SECP256R1())
+
+
+def _roster_updates() -> tuple[bytes, tuple[bytes, ...]]:
+    """A full compact roster v7 (the held one), then a delta v8 against it, a talking update of v8, a resync request."""
+    r, _ = _rosters()
+    publisher = RosterPublisher(RosterSigner(_UPDATE_KEY))
+    held = publisher.publish(r).full
+    later = publisher.publish(Roster(r.server_id, r.room, 8, r.issued_at, entries=r.entries[:1]))
+    talking = sign_talking(RosterSigner(_UPDATE_KEY), server_id=r.server_id, room=r.room, version=8, seq=1,
+                           issued_at=r.issued_at, talking=[r.entries[0].channel_id])
+    return held, (later.delta or b"", later.full, talking, resync_request(r.room, 7))
+
+
+_HELD, _UPDATE_SAMPLES = _roster_updates()
+
+
+def roster_update(data: bytes) -> object:
+    """A client holding roster v7 takes a ROSTER frame: a roster or talking update, or (the server) a resync request."""
+    receiver = RosterReceiver(RosterVerifier(_UPDATE_KEY.public_key()))
+    receiver.accept(_HELD)
+    kind = message_kind(data)
+    if kind == "talking":
+        return receiver.accept_talking(data)
+    if kind == "resync":
+        return parse_resync_request(data)
+    return receiver.accept(data)
+
+
 def _frame_samples(signed: SignedRoster) -> tuple[bytes, ...]:
     msgs = [Hello((1,), ("sip", "srtp"), "stc-client/0.1"), Ping(b"x"), Close(1000, "bye"), SipMessage(_sip_samples()[0]),
             MediaOffer("s1", "c1@h", ("AES_CM_128_HMAC_SHA1_80",), bytes(32)),
@@ -182,6 +229,9 @@ def targets() -> list[Target]:
                                             b"TalkingStatus: ", b"Response: Follows", b"\x00", b"\xff")),
         Target("roster", roster, (RosterError,), (r.canonical_bytes(),), json_tokens),
         Target("signed-roster", signed_roster, (RosterRejected, RosterError), (signed.to_bytes(),), json_tokens + (b"\x00\x01",)),
+        Target("roster-update", roster_update, (RosterRejected, RosterOutOfStep, RosterError), _UPDATE_SAMPLES,
+               json_tokens + (b"\"base\"", b"\"added\"", b"\"removed\"", b"\"changed\"", b"\"identities\"", b"\"talking\"",
+                              b"\"seq\"", b"STCD", b"STCT", b"STCQ")),
     ]
 
 
