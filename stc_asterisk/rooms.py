@@ -368,6 +368,7 @@ class RoomService:
         if not roster.entries:  # an empty room: the next roster is full for everyone
             self.publisher.forget(room)
             self.talking.forget(room)
+            self._told_talking.pop(room, None)
         log.info("room %s roster v%d: %d participant(s), %d unauthenticated, %d hidden listener(s), state %s; "
                  "%d delta(s), %d full", room, version, len(roster.entries), len(roster.unauthenticated),
                  len(roster.listeners), roster.state, deltas, len(sessions) - deltas)
