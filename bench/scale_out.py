@@ -3,8 +3,8 @@
     .venv/bin/python bench/scale_out.py --processes 1,2 --calls 400,800,1200,1600 --seconds 5
 
 Each relay process runs `MediaRelay` alone on its event loop with its own media port ranges
-(as `[tunnel] reuse_port` processes on one machine would: process i takes wan ports
-20000 + 4000 i .. and pbx ports 22000 + 4000 i ..). The calls of a run are split evenly over
+(as `[tunnel] reuse_port` processes on one machine would: process i takes its own wan and
+pbx ranges from port 20000 up, see port_ranges()). The calls of a run are split evenly over
 the processes. Each relay process gets its own driver process (bench/media_relay.py's load
 machinery: 50 packets a second each way per call, SRTP on the client side, every packet
 checked on arrival), so the load generator grows with the relay and does not become the limit
@@ -52,7 +52,7 @@ LOSS_LIMIT_PCT = 0.1
 
 def port_ranges(index: int, calls: int) -> tuple[range, range]:
     """Process `index`'s own wan and pbx ranges (a pair per call on each side, with room to spare)."""
-    span = max(2000, 4 * calls)
+    span = max(4000, 10 * calls)  # sparse: the relay tries 64 pairs from a random start
     base = 20000 + index * 2 * span
     return range(base, base + span), range(base + span, base + 2 * span)
 
