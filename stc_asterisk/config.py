@@ -15,9 +15,10 @@ class TunnelSettings:
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 5443
-    # SO_REUSEPORT on the listener: several stc-server processes on one machine (one per core)
-    # share listen_port, the kernel spreading new connections over them. Each process then
-    # needs its own [media] wan_ports/pbx_ports (and single_port) range.
+    # SO_REUSEPORT on the listener (and on the FastAGI one): several stc-server processes on one
+    # machine (one per core) share listen_port and fastagi_port, the kernel spreading new
+    # connections over them (any process admits any call: the binding is signed). Each process
+    # then needs its own [media] wan_ports/pbx_ports (or single_port) and [admin] port.
     reuse_port: bool = False
     cert: Path = Path("pki/server.pem")
     key: Path = Path("pki/server.key")

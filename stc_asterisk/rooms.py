@@ -102,7 +102,8 @@ class RoomService:
         ast = config.asterisk
         self.admission = make_admission_handler(self.lookup_token, self.policy, self.on_admit, on_refuse=self.on_refuse)
         self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {"stc-admit": self.admission},
-            allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source)
+            allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source,
+            reuse_port=config.tunnel.reuse_port)  # processes sharing the tunnel port share this one too
         node = self.node
         self.ari = AriClient(node.ari_url, node.ari_user, node.ari_password, node.ari_app)
         self.ami = AmiClient(node.ami_host, node.ami_port, node.ami_user, node.ami_secret, on_event=self._ami_event,

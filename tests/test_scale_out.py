@@ -130,3 +130,19 @@ async def test_without_reuse_port_a_second_process_cannot_take_the_port(pki: Tes
     assert second.wait(30) == 1
     assert "cannot start" in servers.log("second") and "in use" in servers.log("second")
     assert first.poll() is None
+
+
+async def test_fastagi_listeners_share_the_dialplans_port_with_reuse_port() -> None:
+    """The dialplan names one FastAGI port; every process of the machine listens on it."""
+    from stc_asterisk.fastagi import FastAgiServer
+
+    first = FastAgiServer("127.0.0.1", 0, {}, reuse_port=True)
+    await first.start()
+    try:
+        second = FastAgiServer("127.0.0.1", first.port, {}, reuse_port=True)
+        await second.start()
+        await second.close()
+        with pytest.raises(OSError):
+            await FastAgiServer("127.0.0.1", first.port, {}).start()
+    finally:
+        await first.close()
