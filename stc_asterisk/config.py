@@ -93,7 +93,7 @@ class AsteriskNode:
     ari_user: str = "stc"
     ari_password: str = ""
     ari_password_file: Path | None = None
-    ari_app: str = "stc"
+    ari_app: str = "stc"  # the name's start: each process registers its own, ari_app-HOST-PID-RANDOM
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
     ami_user: str = "stc"

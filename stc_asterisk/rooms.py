@@ -24,6 +24,9 @@ import asyncio
 import functools
 import hashlib
 import logging
+import os
+import secrets
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -105,7 +108,11 @@ class RoomService:
             allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source,
             reuse_port=config.tunnel.reuse_port)  # processes sharing the tunnel port share this one too
         node = self.node
-        self.ari = AriClient(node.ari_url, node.ari_user, node.ari_password, node.ari_app)
+        # ARI gives an application's events to one websocket only (a newer one takes them over), so
+        # each process following a node registers its own name: several servers or processes (and
+        # `stc-server check`) never starve each other.
+        self.ari = AriClient(node.ari_url, node.ari_user, node.ari_password,
+                             f"{node.ari_app}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
         self.ami = AmiClient(node.ami_host, node.ami_port, node.ami_user, node.ami_secret, on_event=self._ami_event,
                              on_up=self._ami_up, on_down=lambda exc: log.warning("AMI down: %s", exc),
                              event_patterns=("Confbridge*", "ChanSpy*", "MixMonitor*", "VarSet"))

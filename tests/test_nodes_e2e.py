@@ -117,3 +117,61 @@ async def test_rooms_of_a_down_node_go_to_their_second_choice_and_the_down_node_
         for client in stack.clients.values():
             await client.close()
         await server.close()
+
+
+def on(server: ServerApp, user: str) -> bool:
+    """`user`'s tunnel is on `server`."""
+    assert server.tunnels is not None
+    return any(peer.identity.display_name == user.title() for peer in server.tunnels.peers.values())
+
+
+async def test_two_servers_on_one_node_give_everyone_the_same_roster(
+        asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+    """Two stc-servers (as two processes of one machine would run: one tunnel port, the dialplan's
+    one FastAGI port, both with reuse_port) follow the same Asterisk. Alice reaches one, Bob the
+    other; both see Alice and Bob. ARI hands an application's events to one websocket only, so
+    this fails if the two registered the same application name."""
+    servers = []
+    port = free_tcp_port()
+    for _ in range(2):
+        config = server_config(pki, listen_port=port)
+        config.tunnel.reuse_port = True
+        server = ServerApp(config)
+        await server.start()
+        servers.append(server)
+    stacks = [Stack(pki, server) for server in servers]
+    try:
+        assert servers[0].rooms is not None and servers[1].rooms is not None
+        assert servers[0].rooms.ari.app != servers[1].rooms.ari.app
+        await wait_until(lambda: all(s.rooms is not None and s.rooms.ari.connected for s in servers), 30, "ARI followed")
+        # The kernel picks the process: reconnect until each client is on the server meant for it.
+        for stack, user in zip(stacks, ("alice", "bob")):
+            for _ in range(30):
+                client = await stack.add_client(user)
+                await wait_until(lambda: any(on(s, user) for s in servers), 10, "the tunnel registered")
+                if on(stack.server, user):
+                    break
+                await client.close()
+                del stack.clients[user]
+                await wait_until(lambda: not any(on(s, user) for s in servers), 10, "the tunnel gone")
+            else:
+                pytest.fail(f"{user} never reached its server")
+        async with AmiClient() as ami:
+            since = ami.mark()
+            for stack, user in zip(stacks, ("alice", "bob")):
+                room_caller(sipp_callers, stack, user, scenario=UAC_WAIT_BYE, timeout_s=90).start()
+            await ami.wait_for_count(event_is("ConfbridgeJoin", Conference="1000"), 2, timeout=30, since=since)
+
+        def everyone_sees_both() -> bool:
+            clients = [c for stack in stacks for c in stack.clients.values()]
+            return all(c.rosters and c.rosters[-1].state == "ok" and names(c.rosters[-1]) == ["Alice", "Bob"]
+                       for c in clients)
+
+        await wait_until(everyone_sees_both, 15, "Alice and Bob on both rosters, from both servers")
+        server_ids = {c.rosters[-1].server_id for stack in stacks for c in stack.clients.values()}
+        assert len(server_ids) == 1  # one certificate for both processes: one signer
+    finally:
+        for stack in stacks:
+            for client in stack.clients.values():
+                await client.close()
+            await stack.server.close()
