@@ -118,3 +118,22 @@ def test_several_nodes_each_with_its_own_addresses_and_secrets(tmp_path: Path) -
 def test_node_settings_that_cannot_work_are_refused_by_name(tmp_path: Path, text: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         load_config(ServerConfig, write(tmp_path, text))
+
+
+async def test_stc_server_check_runs_every_check_once_per_node() -> None:
+    from stack import free_tcp_port
+    from stc_asterisk.check import run_checks
+    from stc_asterisk.config import AsteriskNode
+
+    config = ServerConfig()
+    config.asterisk.nodes = tuple(
+        AsteriskNode(name=name, ari_url=f"http://127.0.0.1:{free_tcp_port('127.0.0.1')}", ari_password="p",
+                     ami_port=free_tcp_port("127.0.0.1"), ami_secret="s")
+        for name in ("ast-a", "ast-b"))
+    results = await run_checks(config, timeout=2)
+    by_node = {node: [r for r in results if r.name.startswith(f"{node}: ")] for node in ("ast-a", "ast-b")}
+    assert len(by_node["ast-a"]) == len(by_node["ast-b"]) > 0 and len(results) == 2 * len(by_node["ast-a"])
+    for node, found in by_node.items():  # nothing listens there: each node's own ports were tried
+        ami = next(r for r in found if r.name == f"{node}: AMI login")
+        port = next(n.ami_port for n in config.asterisk.nodes if n.name == node)
+        assert not ami.ok and str(port) in ami.detail, ami
