@@ -30,6 +30,7 @@ from stc_asterisk.placement import home
 from test_compose import BASE_SCRIPT, BASE_TIMEOUT_S, BUILD_TIMEOUT_S, COMPOSE_FILE, Engine, _run, _window_status, engine
 
 logger = logging.getLogger(__name__)
+pytestmark = pytest.mark.compose
 
 __all__ = ["engine"]  # the fixture, shared with tests/test_compose.py
 
