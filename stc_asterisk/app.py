@@ -13,9 +13,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from stc_wire.srtp import SrtpProfile
 
 from .audit import AuditLog, AuditSink, NoAudit
-from .config import ServerConfig
+from .config import AsteriskNode, ServerConfig
 from .media import MediaRelay
 from .metrics import ServerMetrics
+from .placement import home
 from .sip_relay import TunnelCalls
 from .supervise import supervise
 from .tunnel_server import TunnelPeer, TunnelServer
@@ -45,7 +46,8 @@ class ServerApp:
                                 single_port=config.media.single_port or None)
         self.admissions: Admissions | None = None
         self.tunnels: TunnelServer | None = None
-        self.rooms: "RoomService | None" = None
+        self.rooms: "RoomService | None" = None  # the first node's (it also serves FastAGI)
+        self.nodes: "dict[str, RoomService]" = {}  # every node's, by name (the first is self.rooms)
         self.sessions: dict[str, TunnelCalls] = {}
         self.metrics = ServerMetrics(self)
         self.admin: "AdminServer | None" = None
@@ -91,9 +93,19 @@ class ServerApp:
         if self.config.asterisk.watch_conferences:
             from .rooms import RoomService
 
-            self.rooms = RoomService(self)
+            first, *others = self.config.asterisk.node_list()
+            self.rooms = RoomService(self, first)
+            self.nodes = {first.name: self.rooms}
+            for node in others:
+                service = RoomService(self, node)
+                service.serves_fastagi = False  # one FastAGI per server, for every node's dialplan
+                service.versions = self.rooms.versions  # a room's versions only grow, whichever node it is on
+                self.nodes[node.name] = service
+            for service in self.nodes.values():
+                service.home_of = self.room_service_for
             self.admissions = self.rooms
-            await self.rooms.start()
+            for service in self.nodes.values():
+                await service.start()
         self.tunnels = TunnelServer(self.config.tunnel, self._new_session, capabilities=CAPABILITIES)
         self.tunnels.audit = self.audit
         await self.tunnels.start()
@@ -103,6 +115,30 @@ class ServerApp:
             self.admin = AdminServer(self, self.config.admin)
             await self.admin.start()
 
+    def room_node(self, room: str) -> AsteriskNode:
+        """The Asterisk node `room` lives on (stc_asterisk.placement): the same for every server
+        that sees the same nodes up. Without watching rooms every node counts as up."""
+        nodes = {node.name: node for node in self.config.asterisk.node_list()}
+        if len(nodes) == 1:
+            return next(iter(nodes.values()))
+
+        def is_up(name: str) -> bool:
+            service = self.nodes.get(name)
+            return service is None or service.ari.connected
+
+        def holds(name: str) -> bool:
+            service = self.nodes.get(name)
+            return service is not None and service.conference.status == "ok" and room in service.conference.rooms()
+
+        return nodes[home(room, list(nodes), is_up, holds)]
+
+    def asterisk_for_room(self, room: str) -> tuple[str, int]:
+        return self.room_node(room).sip_address
+
+    def room_service_for(self, room: str) -> "RoomService":
+        assert self.rooms is not None
+        return self.nodes.get(self.room_node(room).name, self.rooms)
+
     async def reload(self, config: ServerConfig | None) -> None:
         """SIGHUP: the CRL refreshed, certificate, key, CA bundle and CRL loaded again, and (from a re-read
         settings file) the room policy replaced; tunnels and calls that are still acceptable stay up."""
@@ -110,8 +146,9 @@ class ServerApp:
             from .fastagi import RoomPolicy
 
             policy = RoomPolicy.from_mapping(config.rooms.policy)
-            self.rooms.policy = policy
-            self.rooms.admission.set_policy(policy)
+            for service in self.nodes.values():
+                service.policy = policy
+                service.admission.set_policy(policy)
             self.config.rooms = config.rooms
             log.info("reload: room policy replaced")
         if self.tunnels is not None:
@@ -129,8 +166,8 @@ class ServerApp:
             await self.admin.close()
         if self.tunnels is not None:
             await self.tunnels.close()
-        if self.rooms is not None:
-            await self.rooms.close()
+        for service in self.nodes.values():
+            await service.close()
         self.media.close()
         if self._audit_signing is not None:
             self._audit_signing.cancel()

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import aiohttp
 
-from .config import AsteriskSettings, ServerConfig
+from .config import AsteriskNode, AsteriskSettings, ServerConfig
 
 ENDPOINT = "stc-server"
 REQUIRED_MODULES = ("chan_pjsip.so", "res_pjsip_header_funcs.so", "app_confbridge.so", "bridge_softmix.so", "res_agi.so",
@@ -288,5 +288,13 @@ class Checker:
 
 
 async def run_checks(config: ServerConfig, *, config_name: str = "server.toml", timeout: float = 5.0) -> list[CheckResult]:
-    return await Checker(config, config_name=config_name, timeout=timeout).run()
+    if not config.asterisk.nodes:
+        return await Checker(config, config_name=config_name, timeout=timeout).run()
+    # Several nodes: every check once per node, each seeing that node as the [asterisk] it checks.
+    results: list[CheckResult] = []
+    for node in config.asterisk.nodes:
+        settings = replace(config.asterisk, nodes=(), **{f.name: getattr(node, f.name) for f in fields(AsteriskNode)})
+        checker = Checker(replace(config, asterisk=settings), config_name=config_name, timeout=timeout)
+        results += [CheckResult(f"{node.name}: {r.name}", r.ok, r.detail) for r in await checker.run()]
+    return results
 

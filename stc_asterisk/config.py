@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,11 @@ class TunnelSettings:
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 5443
+    # SO_REUSEPORT on the listener (and on the FastAGI one): several stc-server processes on one
+    # machine (one per core) share listen_port and fastagi_port, the kernel spreading new
+    # connections over them (any process admits any call: the binding is signed). Each process
+    # then needs its own [media] wan_ports/pbx_ports (or single_port) and [admin] port.
+    reuse_port: bool = False
     cert: Path = Path("pki/server.pem")
     key: Path = Path("pki/server.key")
     ca_bundle: Path = Path("pki/ca.pem")
@@ -73,47 +78,98 @@ class TunnelSettings:
 
 
 @dataclass
-class AsteriskSettings:
-    """The Asterisk next to the server (loopback in the shipped configuration)."""
+class AsteriskNode:
+    """One Asterisk: where stc-server sends its SIP, and its ARI and AMI.
 
+    A cluster lists several as `[[asterisk.nodes]]`; without them, `[asterisk]` itself is the one node.
+    """
+
+    name: str = ""  # names the node in logs and places rooms (stc_asterisk.placement): keep it stable
     sip_host: str = "127.0.0.1"
     sip_port: int = 5080
-    # FastAGI: where stc-server listens for the dialplan's AGI(agi://.../stc-admit).
-    fastagi_host: str = "127.0.0.1"
-    fastagi_port: int = 4573
-    # The only addresses FastAGI connections are served from (empty: sip_host and loopback), and
-    # the sessions at once from one of them.
-    fastagi_allowed: tuple[str, ...] = ()
-    fastagi_sessions_per_source: int = 50
     # ARI (membership) and AMI (talking, kick). There are no built-in secrets: each is given
     # in the file or, better, as a file only stc-server can read (`*_file`, read once at start).
     ari_url: str = "http://127.0.0.1:8088"
     ari_user: str = "stc"
     ari_password: str = ""
     ari_password_file: Path | None = None
-    ari_app: str = "stc"
+    ari_app: str = "stc"  # the name's start: each process registers its own, ari_app-HOST-PID-RANDOM
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
     ami_user: str = "stc"
     ami_secret: str = ""
     ami_secret_file: Path | None = None
-    # Off only for a server that relays calls without watching rooms (no roster, no admission).
-    watch_conferences: bool = True
 
-    def fastagi_sources(self) -> tuple[str, ...]:
-        return self.fastagi_allowed or (self.sip_host, "127.0.0.1", "::1")
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        return (self.sip_host, self.sip_port)
 
     def validate(self) -> None:
-        for name in ("sip_port", "fastagi_port", "ami_port"):
+        self.validate_node(read_secrets=False)
+
+    def validate_node(self, *, read_secrets: bool) -> None:
+        if not self.name.strip():
+            raise ValueError("name: every Asterisk node needs a name")
+        for name in ("sip_port", "ami_port"):
             if not port_ok(getattr(self, name)) and getattr(self, name) != 0:
                 raise ValueError(f"{name}: {getattr(self, name)} is not a port")
-        if self.fastagi_sessions_per_source < 1:
-            raise ValueError("fastagi_sessions_per_source: must be at least 1")
         if not self.ari_url.startswith(("http://", "https://")):
             raise ValueError(f"ari_url: {self.ari_url!r} is not an http(s) URL")
-        if self.watch_conferences:
+        if read_secrets:
             self.ari_password = _secret("ari_password", self.ari_password, self.ari_password_file, "ARI password")
             self.ami_secret = _secret("ami_secret", self.ami_secret, self.ami_secret_file, "AMI secret")
+
+
+# The keys of one node: in [asterisk] for a single Asterisk, in each [[asterisk.nodes]] for several.
+NODE_KEYS = tuple(f.name for f in fields(AsteriskNode) if f.name != "name")
+
+
+@dataclass
+class AsteriskSettings(AsteriskNode):
+    """The Asterisk next to the server (loopback in the shipped configuration), or a cluster of them."""
+
+    name: str = "asterisk"
+    # FastAGI: where stc-server listens for the dialplan's AGI(agi://.../stc-admit).
+    fastagi_host: str = "127.0.0.1"
+    fastagi_port: int = 4573
+    # The only addresses FastAGI connections are served from (empty: every node's sip_host and
+    # loopback), and the sessions at once from one of them.
+    fastagi_allowed: tuple[str, ...] = ()
+    fastagi_sessions_per_source: int = 50
+    # Off only for a server that relays calls without watching rooms (no roster, no admission).
+    watch_conferences: bool = True
+    # Several Asterisk nodes ([[asterisk.nodes]], each with name, sip_*, ari_*, ami_*): a room
+    # lives on one of them, the same one for every stc-server (rendezvous hashing of the room
+    # over the node names), and every server follows every node's ARI and AMI. Empty: the
+    # node is [asterisk] itself.
+    nodes: tuple[AsteriskNode, ...] = ()
+
+    def node_list(self) -> tuple[AsteriskNode, ...]:
+        return self.nodes or (self,)
+
+    def fastagi_sources(self) -> tuple[str, ...]:
+        return self.fastagi_allowed or (*dict.fromkeys(n.sip_host for n in self.node_list()), "127.0.0.1", "::1")
+
+    def validate(self) -> None:
+        if self.fastagi_sessions_per_source < 1:
+            raise ValueError("fastagi_sessions_per_source: must be at least 1")
+        if not port_ok(self.fastagi_port) and self.fastagi_port != 0:
+            raise ValueError(f"fastagi_port: {self.fastagi_port} is not a port")
+        if not self.nodes:
+            self.validate_node(read_secrets=self.watch_conferences)
+            return
+        single = AsteriskNode()
+        flat = [key for key in NODE_KEYS if getattr(self, key) != getattr(single, key)]
+        if flat:
+            raise ValueError(f"{', '.join(flat)}: with [[asterisk.nodes]], give these in each node, not in [asterisk]")
+        names = [node.name for node in self.nodes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"nodes: node names must differ (got {', '.join(names)})")
+        for i, node in enumerate(self.nodes):
+            try:
+                node.validate_node(read_secrets=self.watch_conferences)
+            except ValueError as exc:
+                raise ValueError(f"nodes[{i}] ({node.name}).{exc}") from None
 
 
 def _secret(name: str, value: str, path: Path | None, what: str) -> str:

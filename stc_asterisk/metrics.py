@@ -120,22 +120,29 @@ class ServerStateCollector(Collector):
 
     def _conferences(self) -> Iterator[Metric]:
         rooms = self._app.rooms
-        ari = GaugeMetricFamily("stc_asterisk_ari_up", "1 while the ARI event websocket is connected")
-        ami = GaugeMetricFamily("stc_asterisk_ami_up", "1 while AMI is logged in")
-        ari.add_metric([], 1 if rooms is not None and rooms.ari.connected else 0)
-        ami.add_metric([], 1 if rooms is not None and rooms.ami.up else 0)
+        nodes = list(self._app.nodes.values())
+        ari = GaugeMetricFamily("stc_asterisk_ari_up", "1 while the ARI event websocket is connected (every node's)")
+        ami = GaugeMetricFamily("stc_asterisk_ami_up", "1 while AMI is logged in (on every node)")
+        ari.add_metric([], 1 if nodes and all(service.ari.connected for service in nodes) else 0)
+        ami.add_metric([], 1 if nodes and all(service.ami.up for service in nodes) else 0)
         yield ari
         yield ami
+        node_up = GaugeMetricFamily("stc_asterisk_node_up", "1 while a node's ARI (or AMI) is connected",
+                                    labels=["node", "api"])
+        for service in nodes:
+            node_up.add_metric([service.node.name, "ari"], 1 if service.ari.connected else 0)
+            node_up.add_metric([service.node.name, "ami"], 1 if service.ami.up else 0)
+        yield node_up
         room_count = GaugeMetricFamily("stc_rooms", "Conference rooms with a live ConfBridge")
         participants = GaugeMetricFamily("stc_room_participants", "Channels in a room", labels=["room"])
         unauthenticated = GaugeMetricFamily("stc_room_unauthenticated", "Channels in a room without an stc identity",
                                             labels=["room"])
-        known = rooms is not None and rooms.conference.status == "ok"
-        names = rooms.conference.rooms() if rooms is not None and known else []
-        room_count.add_metric([], len(names))
-        for room in names:
-            assert rooms is not None
-            entries = rooms.conference.entries(room)
+        known = bool(nodes) and all(service.conference.status == "ok" for service in nodes)
+        live = [(service, room) for service in nodes if service.conference.status == "ok"
+                for room in service.conference.rooms()]
+        room_count.add_metric([], len(live))
+        for service, room in live:
+            entries = service.conference.entries(room)
             participants.add_metric([room], len(entries))
             unauthenticated.add_metric([room], sum(1 for e in entries if not e.authenticated))
         yield room_count

@@ -25,11 +25,14 @@ import asyncio
 import functools
 import hashlib
 import logging
+import os
+import secrets
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
@@ -43,6 +46,7 @@ from stc_wire.roster_sync import Publication, RosterPublisher, parse_resync_requ
 from .ami import AmiClient
 from .ari import AriClient
 from .conference import ConferenceState
+from .config import AsteriskNode
 from .listeners import HiddenListener, concise_channels, mixmonitor_list_count
 from .fastagi import BINDING_VARIABLE, Admission, FastAgiServer, Refusal, RoomPolicy, TokenRefused, make_admission_handler
 from .fastagi.protocol import AgiRequest
@@ -74,9 +78,16 @@ def _server_certificate(path: Path) -> x509.Certificate:
 
 
 class RoomService:
-    def __init__(self, app: "ServerApp") -> None:
+    """The rooms of one Asterisk node (`node`; the only one without [[asterisk.nodes]]). With
+    several nodes the app makes one per node; the first also serves FastAGI for all of them."""
+
+    def __init__(self, app: "ServerApp", node: AsteriskNode | None = None) -> None:
         self.app = app
         config = app.config
+        self.node = node or config.asterisk.node_list()[0]
+        self.serves_fastagi = True
+        # The RoomService of the node a room lives on (the app's placement; this one alone by default).
+        self.home_of: Callable[[str], RoomService] = lambda room: self
         self.conference = ConferenceState()
         self.versions = RosterVersions()
         key_pem = config.tunnel.key.read_bytes()
@@ -106,9 +117,15 @@ class RoomService:
         ast = config.asterisk
         self.admission = make_admission_handler(self.lookup_token, self.policy, self.on_admit, on_refuse=self.on_refuse)
         self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {"stc-admit": self.admission},
-            allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source)
-        self.ari = AriClient(ast.ari_url, ast.ari_user, ast.ari_password, ast.ari_app)
-        self.ami = AmiClient(ast.ami_host, ast.ami_port, ast.ami_user, ast.ami_secret, on_event=self._ami_event,
+            allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source,
+            reuse_port=config.tunnel.reuse_port)  # processes sharing the tunnel port share this one too
+        node = self.node
+        # ARI gives an application's events to one websocket only (a newer one takes them over), so
+        # each process following a node registers its own name: several servers or processes (and
+        # `stc-server check`) never starve each other.
+        self.ari = AriClient(node.ari_url, node.ari_user, node.ari_password,
+                             f"{node.ari_app}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
+        self.ami = AmiClient(node.ami_host, node.ami_port, node.ami_user, node.ami_secret, on_event=self._ami_event,
                              on_up=self._ami_up, on_down=lambda exc: log.warning("AMI down: %s", exc),
                              event_patterns=("Confbridge*", "ChanSpy*", "MixMonitor*", "VarSet"))
         self._ari_task: asyncio.Task[None] | None = None
@@ -120,13 +137,14 @@ class RoomService:
         self._scan_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        await self.fastagi.start()
+        if self.serves_fastagi:
+            await self.fastagi.start()
+            log.info("admission FastAGI on %s:%d", self.app.config.asterisk.fastagi_host, self.fastagi.port)
         await self.ami.start()
         self._ari_task = asyncio.create_task(supervise(
-            "ARI", lambda: self.ari.run(self._ari_event, self._ari_connected, self._ari_lost), log))
-        log.info("admission FastAGI on %s:%d; following conferences through ARI %s and AMI %s:%d",
-                 self.app.config.asterisk.fastagi_host, self.fastagi.port, self.app.config.asterisk.ari_url,
-                 self.app.config.asterisk.ami_host, self.app.config.asterisk.ami_port)
+            f"ARI of {self.node.name}", lambda: self.ari.run(self._ari_event, self._ari_connected, self._ari_lost), log))
+        log.info("Asterisk node %s: following conferences through ARI %s and AMI %s:%d", self.node.name,
+                 self.node.ari_url, self.node.ami_host, self.node.ami_port)
 
     async def close(self) -> None:
         self.ari.stop()
@@ -174,13 +192,14 @@ class RoomService:
     def _seal(self, binding: Binding, channel_id: str) -> str:
         """The STC_BINDING value for the channel stc-admit is admitting."""
         value = self.binding_signer.sign(binding.for_channel(channel_id))
-        self._channel_bindings[channel_id] = value
+        self.home_of(binding.room)._channel_bindings[channel_id] = value  # noqa: SLF001 - its VarSet arrives there
         return value
 
     def on_admit(self, request: AgiRequest, identity: Any, room: str) -> None:
         # The channel is not in the bridge yet (the AGI runs before ConfBridge): the roster goes
         # out when ARI reports it entering, unless the binding changed a room's view already.
-        self._changed(self.conference.bind(request.uniqueid, identity))
+        home = self.home_of(room)  # the node the relay sent this room's calls to
+        home._changed(home.conference.bind(request.uniqueid, identity))  # noqa: SLF001
         self.app.audit.record("admitted", room=room, channel_id=request.uniqueid, subject=identity.subject,
                               fingerprint=identity.fingerprint_sha256)
 
@@ -226,7 +245,8 @@ class RoomService:
         return changed
 
     def _ari_lost(self, exc: BaseException | None) -> None:
-        log.warning("Asterisk unreachable (%s): conference state unknown until it is back", exc or "closed")
+        log.warning("Asterisk %s unreachable (%s): conference state of its rooms unknown until it is back", self.node.name,
+                    exc or "closed")
         self._changed(self.conference.set_unknown())
 
     def _ari_event(self, event: dict[str, Any]) -> None:

@@ -74,6 +74,7 @@ class ServerCall:
     token: str = ""
     room: str = ""
     invite: SipRequest | None = None  # as sent to Asterisk (for CANCEL/BYE on tunnel loss)
+    asterisk: tuple[str, int] | None = None  # the SIP address of the node its room lives on
     to_tag: str | None = None
     confirmed: bool = False
     max_cseq: int = 0
@@ -133,8 +134,8 @@ class TunnelCalls:
 
     @property
     def asterisk_address(self) -> tuple[str, int]:
-        cfg = self.app.config.asterisk
-        return (cfg.sip_host, cfg.sip_port)
+        """Where SIP goes that belongs to no call of ours: the first (or only) Asterisk node."""
+        return self.app.config.asterisk.node_list()[0].sip_address
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -223,7 +224,7 @@ class TunnelCalls:
                 await self._refuse(msg, 488, "media cannot be relayed securely")
                 return
             push_via(msg, *self._local, self._secret)
-            host, port = self.asterisk_address
+            host, port = call.asterisk if call is not None and call.asterisk else self.asterisk_address
             msg.uri = uri_with_host_port(msg.uri, host, port)
             if call is not None:
                 call.max_cseq = max(call.max_cseq, msg.cseq[0])
@@ -233,7 +234,7 @@ class TunnelCalls:
             if not self._rewrite_sdp_to_asterisk(msg, call):
                 log.warning("[%s] client answered with SDP that cannot be relayed: dropped", self.peer.id)
                 return
-        self._send_to_asterisk(msg)
+        self._send_to_asterisk(msg, call.asterisk if call is not None else None)
         if isinstance(msg, SipRequest) and msg.method == "BYE" and call is not None:
             self._release(call, "BYE from the client")
 
@@ -255,6 +256,8 @@ class TunnelCalls:
             await self._refuse(invite, 488, "no media keys were agreed for this call")
             return False
         call.room = request_user(invite)
+        if call.asterisk is None:  # a retransmission goes where its first copy went
+            call.asterisk = self.app.asterisk_for_room(call.room)
         if not call.token:  # a retransmitted INVITE carries the token its first copy got
             call.token = self.app.admissions.issue(self.peer, call.call_id, call.room) if self.app.admissions else ""
         if call.token:
@@ -285,10 +288,10 @@ class TunnelCalls:
         response = make_response(request, status, headers=[("Warning", f'399 stc "{why}"')])
         await self._send_to_client(response.to_bytes())
 
-    def _send_to_asterisk(self, msg: SipRequest | SipResponse) -> None:
+    def _send_to_asterisk(self, msg: SipRequest | SipResponse, to: tuple[str, int] | None = None) -> None:
         if self._transport is None or self._transport.is_closing():
             return
-        self._transport.sendto(msg.to_bytes(), self.asterisk_address)
+        self._transport.sendto(msg.to_bytes(), to or self.asterisk_address)
         self.counters.relayed_to_asterisk += 1
 
     # -- from Asterisk --------------------------------------------------------
@@ -309,7 +312,7 @@ class TunnelCalls:
                 return
             if not msg.get_all("Via"):
                 return  # the answer to a request of our own (a BYE or CANCEL we sent): ends here
-        if call is None and self._sdp_for_unknown_call(msg):
+        if call is None and self._sdp_for_unknown_call(msg, addr):
             return
         if isinstance(msg, SipResponse):
             self._track_response(msg, call)
@@ -326,7 +329,7 @@ class TunnelCalls:
                 self.relay.set_asterisk_media(call.media_tag, endpoint.address, endpoint.rtp_port, endpoint.rtcp_port)
         self._spawn(self._send_to_client(msg.to_bytes()))
 
-    def _sdp_for_unknown_call(self, msg: SipRequest | SipResponse) -> bool:
+    def _sdp_for_unknown_call(self, msg: SipRequest | SipResponse, source: tuple[str, int]) -> bool:
         """SDP from Asterisk for a dialog we hold no keys for never reaches a client: a request is
         answered 488, a 2xx is acknowledged and hung up. True when the message was consumed."""
         if not msg.body:
@@ -335,10 +338,10 @@ class TunnelCalls:
         log.warning("[%s] SDP from Asterisk for a call stc holds no keys for (Call-ID %s) refused",
                     self.peer.id, msg.call_id)
         contact = msg.get("Contact") or msg.get("To") or ""
-        host, port = self.asterisk_address
+        host, port = source[:2]  # the node it came from
         target = uri_with_host_port(parse_name_addr(contact).uri, host, port) if contact else ""
         for reply in refuse_unkeyed_sdp(msg, host=self._local[0], port=self._local[1], target_uri=target):
-            self._send_to_asterisk(reply)
+            self._send_to_asterisk(reply, (host, port))
         return True
 
     def _track_response(self, response: SipResponse, call: ServerCall | None) -> None:
@@ -427,7 +430,7 @@ class TunnelCalls:
             bye.append("Call-ID", call.call_id)
             bye.append("CSeq", f"{call.max_cseq + 1} BYE")
             bye.append("Reason", 'Q.850;cause=16;text="stc tunnel closed"')
-            self._send_to_asterisk(bye)
+            self._send_to_asterisk(bye, call.asterisk)
         else:
             cancel = SipRequest("CANCEL", invite.uri, [])
             cancel.append("Via", invite.get_all("Via")[0])
@@ -436,7 +439,7 @@ class TunnelCalls:
             cancel.append("To", (invite.get("To") or "").split(";tag=")[0])
             cancel.append("Call-ID", call.call_id)
             cancel.append("CSeq", f"{invite.cseq[0]} CANCEL")
-            self._send_to_asterisk(cancel)
+            self._send_to_asterisk(cancel, call.asterisk)
 
     async def on_close(self, info: CloseInfo) -> None:
         self.app.sessions.pop(self.peer.id, None)

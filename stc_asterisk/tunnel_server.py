@@ -227,7 +227,8 @@ class TunnelServer:
                 pass
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.settings.listen_host, self.settings.listen_port)
+        self._server = await asyncio.start_server(self._accept, self.settings.listen_host, self.settings.listen_port,
+                                                  reuse_port=self.settings.reuse_port or None)
         self._recheck = asyncio.create_task(supervise("the tunnels' certificate recheck", self._recheck_connected, log))
         if self._fetcher is not None:
             self._crl_task = asyncio.create_task(supervise("the CRL refresh", self._refresh_crl, log))

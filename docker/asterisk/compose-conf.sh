@@ -3,6 +3,8 @@
 # the compose stack, where stc-server reaches Asterisk's SIP over the `pbx` network and its ARI
 # and AMI over `pbx-control`, a network only the two of them are on:
 #   compose-conf.sh CONF_DIR ASTERISK_IP STC_SERVER_IP PBX_SUBNET ASTERISK_CONTROL_IP STC_SERVER_CONTROL_IP
+# STC_SERVER_CONTROL_IP may list several addresses, comma-separated: every stc-server of a
+# cluster follows every Asterisk node's AMI.
 # Each rewrite names the line it expects; a missing line, or any loopback address left outside
 # a comment afterwards, fails the image build, so asterisk-conf/ cannot drift silently.
 set -eu
@@ -29,7 +31,11 @@ rewrite pjsip.conf 1 '^match = 127\.0\.0\.1([[:space:]]|$)' "match = $pbx_subnet
 # stc-server reaches; AMI logins only from the stc-server's address there.
 rewrite http.conf 1 '^bindaddr = 127\.0\.0\.1' "bindaddr = $control_ip"
 rewrite manager.conf 1 '^bindaddr = 127\.0\.0\.1' "bindaddr = $control_ip"
-rewrite manager.conf 1 '^permit = 127\.0\.0\.1/255\.255\.255\.255' "permit = $server_control_ip/255.255.255.255"
+permits=""
+for ip in $(echo "$server_control_ip" | tr ',' ' '); do
+    permits="${permits:+$permits\\n}permit = $ip/255.255.255.255"   # sed makes \n a new line
+done
+rewrite manager.conf 1 '^permit = 127\.0\.0\.1/255\.255\.255\.255' "$permits"
 # The admission FastAGI runs in the stc-server (also in comments, so the hint stays right).
 rewrite extensions.conf 0 'agi://127\.0\.0\.1:' "agi://$server_ip:"
 

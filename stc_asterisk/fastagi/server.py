@@ -185,9 +185,11 @@ class FastAgiServer:
         max_header_bytes: int = MAX_HEADER_BYTES,
         allowed_sources: Collection[str] | None = None,
         max_sessions_per_source: int | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """`allowed_sources`: the only peer addresses served (None: any); `max_sessions_per_source`:
-        sessions at once from one address (None: `max_sessions`)."""
+        sessions at once from one address (None: `max_sessions`); `reuse_port`: SO_REUSEPORT, so
+        several stc-server processes on one machine share the dialplan's FastAGI port."""
         if header_timeout <= 0 or command_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if max_sessions < 1 or (max_sessions_per_source is not None and max_sessions_per_source < 1):
@@ -198,6 +200,7 @@ class FastAgiServer:
         self._refusals = RefusalLog(log)
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port
         self._handlers = dict(handlers)
         self._header_timeout = header_timeout
         self._command_timeout = command_timeout
@@ -215,7 +218,8 @@ class FastAgiServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._on_connection, self._host, self._port, limit=MAX_LINE_BYTES)
+        self._server = await asyncio.start_server(self._on_connection, self._host, self._port, limit=MAX_LINE_BYTES,
+                                                  reuse_port=self._reuse_port or None)
         log.info("FastAGI listening on %s:%d (scripts: %s)", self._host, self.port, ", ".join(sorted(self._handlers)))
 
     async def close(self) -> None:
