@@ -10,6 +10,12 @@ restarts and reuses its Call-ID makes a new call, and a message of one never
 touches the other. When the tunnel closes, or a call's media goes silent for
 `media.call_timeout` (no SRTP and no keep-alive from its client), the call is hung
 up towards Asterisk and its ports are released.
+
+A BYE from Asterisk for an answered call is held for `ASTERISK_LOSS_GRACE` seconds: when
+Asterisk is going away meanwhile (its AMI or ARI connection drops, as in a restart), the
+call was not hung up by anyone's decision, and the client gets LEG_LOST instead of the BYE
+(it keeps the softphone's call and rejoins once Asterisk is back). Otherwise (a kick, an
+ejection, the conference ending) the BYE goes on to the client as it came.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TOKEN_HEADER = "X-STC-Token"
+# Seconds a BYE from Asterisk waits to see whether Asterisk is going away (a restart sends
+# every channel's BYE first, then drops AMI and ARI within a moment).
+ASTERISK_LOSS_GRACE = 1.5
 
 
 DialogKey = tuple[str, str]  # (Call-ID, the client side's tag)
@@ -126,6 +135,7 @@ class TunnelCalls:
         self._local: tuple[str, int] = ("", 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
+        self._held_byes: set[DialogKey] = set()  # Asterisk's BYEs waiting out ASTERISK_LOSS_GRACE
 
     @property
     def relay(self) -> MediaRelay:
@@ -312,6 +322,11 @@ class TunnelCalls:
         if isinstance(msg, SipResponse):
             self._track_response(msg, call)
         elif msg.method == "BYE" and call is not None:
+            if call.confirmed and self.app.rooms is not None:
+                if call.key not in self._held_byes:  # else a retransmission of the BYE held
+                    self._held_byes.add(call.key)
+                    self._spawn(self._bye_from_asterisk(call, msg))
+                return
             # Asterisk hangs up: the client still gets the BYE; media ends with it.
             asyncio.get_running_loop().call_soon(self._release, call, "BYE from Asterisk")
         if call is not None:
@@ -323,6 +338,28 @@ class TunnelCalls:
             if endpoint is not None:
                 self.relay.set_asterisk_media(call.media_tag, endpoint.address, endpoint.rtp_port, endpoint.rtcp_port)
         self._spawn(self._send_to_client(msg.to_bytes()))
+
+    async def _bye_from_asterisk(self, call: ServerCall, bye: SipRequest) -> None:
+        """A hang-up, or Asterisk going away? Wait a moment and look (see ASTERISK_LOSS_GRACE)."""
+        try:
+            await asyncio.sleep(ASTERISK_LOSS_GRACE)
+            lost = self._asterisk_going_away()
+            self._release(call, "Asterisk went away" if lost else "BYE from Asterisk")
+            if lost:
+                log.warning("[%s] call %s: Asterisk went away under it: LEG_LOST, the client rejoins",
+                            self.peer.id, call.call_id)
+                self._send_to_asterisk(make_response(bye, 200))
+                await self.peer.send(wire.LegLost(call.call_id, "asterisk-restart"))
+            else:
+                await self._send_to_client(bye.to_bytes())
+        except Exception as exc:  # the tunnel is going away; on_close cleans up
+            log.debug("[%s] BYE for call %s not passed on: %s", self.peer.id, call.call_id, exc)
+        finally:
+            self._held_byes.discard(call.key)
+
+    def _asterisk_going_away(self) -> bool:
+        rooms = self.app.rooms
+        return rooms is not None and not (rooms.ami.up and rooms.ari.connected)
 
     def _sdp_for_unknown_call(self, msg: SipRequest | SipResponse) -> bool:
         """SDP from Asterisk for a dialog we hold no keys for never reaches a client: a request is

@@ -10,16 +10,19 @@ the participant again by certificate. A deliberate hang-up (the phone's BYE, a k
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 import pytest
 
+import asterisk_lab as asterisk_lab_module
 from asterisk_lab import AmiClient, event_is
 from capture import Capture, Packet
 from sipp import SCENARIO_DIR, UAC_WAIT_BYE, Codec, SippCaller
-from stack import Stack, room_caller, stc_stack, wait_until
+from stack import WAN_HOST, Stack, client_config, room_caller, stc_stack, wait_until
 from stc_client.app import ClientApp
 from tests.certs import TestPki, make_test_pki
 
@@ -146,3 +149,106 @@ async def test_server_closes_the_tunnel_mid_call_the_call_rejoins(
         await ami.wait_for(event_is("ConfbridgeLeave", Conference=ROOM), timeout=10, since=since)
         await wait_until(lambda: not alice.softphone.calls, 5, "Alice's call released")
         assert listener.running
+
+
+@contextmanager
+def blackhole(tcp_port: int, udp_ports: tuple[int, ...]) -> Iterator[None]:
+    """Drop (silently, on arrival) every packet to or from these ports of the server's address:
+    one client's tunnel and call media, nothing else on the machine."""
+    rules = [["-p", proto, direction, WAN_HOST, port_flag, str(port), "-j", "DROP"]
+             for proto, ports in (("tcp", (tcp_port,)), ("udp", udp_ports)) for port in ports
+             for direction, port_flag in (("-d", "--dport"), ("-s", "--sport"))]
+    inserted = []
+    try:
+        for rule in rules:
+            subprocess.run(["iptables", "-I", "INPUT", *rule], check=True, capture_output=True)
+            inserted.append(rule)
+        yield
+    finally:
+        for rule in inserted:
+            subprocess.run(["iptables", "-D", "INPUT", *rule], check=False, capture_output=True)
+
+
+async def test_the_network_path_dropped_for_3_s_the_call_rejoins(
+        asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+    """Alice's tunnel and media are blackholed for 3 s (iptables DROP on arrival, her ports only).
+    With a keepalive deadline of 1.5 s her client sees the path is dead, keeps the softphone's
+    call, and rejoins once it is back."""
+    async with stc_stack(pki, ("bob",)) as stack, AmiClient() as ami:
+        base = client_config(pki, "alice", stack.server_port)
+        alice = ClientApp(replace(base, server=replace(base.server, keepalive_interval=0.5, keepalive_timeout=1.5,
+                                                       connect_timeout=1.0)))
+        stack.clients["alice"] = alice
+        await alice.start()
+        await wait_until(alice.tunnel_up.is_set, 10, "alice's tunnel")
+        holes: list[Callable[[], None]] = []
+
+        def drop_alices_path() -> None:
+            calls = [call for session in stack.server.sessions.values() if session.peer.identity.display_name == "Alice"
+                     for call in session.calls.values()]
+            [call] = calls
+            hole = blackhole(stack.server_port, (call.ports.wan_rtp_port, call.ports.wan_rtcp_port))
+            hole.__enter__()
+            holes.append(lambda: hole.__exit__(None, None, None))
+
+        try:
+            await talk_and_cut(stack, sipp_callers, ami, drop_alices_path, restore=lambda: holes.pop()(), outage=3.0)
+        finally:
+            for restore in holes:
+                restore()
+
+
+def in_room(client: ClientApp) -> bool:
+    """The client's one call is answered upstream (not reconnecting) and its light is green."""
+    calls = list(client.softphone.calls.values())
+    return len(calls) == 1 and not calls[0].dialog.gap and client.state.light == "green"
+
+
+async def test_asterisk_restarted_mid_call_every_participant_comes_back(
+        asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+    """The lab's Asterisk is stopped (`core stop now`: every channel gets its BYE) and started
+    again under the call. The server tells each client the leg was lost (not a hang-up); every
+    softphone stays in its call and is back in the room, green with a full roster, within 10 s."""
+    async with stc_stack(pki, ("alice", "bob")) as stack, AmiClient() as ami:
+        since = ami.mark()
+        phones = [room_caller(sipp_callers, stack, user, scenario=UAC_WAIT_BYE, codec=Codec.PCMA, timeout_s=120)
+                  for user in ("alice", "bob")]
+        for phone in phones:
+            phone.start()
+        await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
+        await wait_until(lambda: all(in_room(c) for c in stack.clients.values()), 10, "both green")
+        await asyncio.to_thread(asterisk_lab_module.lab_stop)
+        await wait_until(lambda: all(c.softphone.calls and next(iter(c.softphone.calls.values())).dialog.gap
+                                     for c in stack.clients.values()), 10, "both reconnecting")
+        assert all(c.state.light == "yellow" for c in stack.clients.values())
+        await asyncio.to_thread(asterisk_lab_module.lab_start)
+        up_at = time.monotonic()
+        await wait_until(lambda: all(in_room(c) and authenticated_names(c) == ["Alice", "Bob"]
+                                     for c in stack.clients.values()), 10, "back in the room, green, full rosters")
+        print(f"\nback in the room {time.monotonic() - up_at:.1f} s after Asterisk was up")
+        async with AmiClient() as fresh:  # the old AMI connection went with the old Asterisk
+            assert len(await fresh.confbridge_list(ROOM)) == 2
+        for phone in phones:
+            assert phone.running and byes_received(phone) == 0, phone.describe()
+
+
+async def test_a_kick_and_a_phones_bye_are_never_undone(
+        asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+    async with stc_stack(pki, ("alice", "bob")) as stack, AmiClient() as ami:
+        since = ami.mark()
+        kicked = room_caller(sipp_callers, stack, "alice", scenario=UAC_WAIT_BYE, codec=Codec.PCMA)
+        leaver = room_caller(sipp_callers, stack, "bob", codec=Codec.PCMA, hold_ms=4000)
+        kicked.start()
+        [join] = await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
+        leaver.start()
+        await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
+        await ami.action({"Action": "ConfbridgeKick", "Conference": ROOM, "Channel": join["Channel"]})
+        assert await kicked.wait_async(20) == 0, kicked.describe()
+        assert byes_received(kicked) == 1  # the kick reached the phone as a BYE
+        assert await leaver.wait_async(20) == 0, leaver.describe()  # Bob hung up himself
+        await wait_until(lambda: not any(c.softphone.calls for c in stack.clients.values()), 5, "calls released")
+        mark = ami.mark()
+        await asyncio.sleep(4.0)  # a rejoin would come within this
+        assert not [e for e in ami.events[mark:] if e.get("Event") == "ConfbridgeJoin"]
+        assert await ami.confbridge_list(ROOM) == []
+        assert all(c.state.light == "yellow" and c.softphone.calls == {} for c in stack.clients.values())
