@@ -42,6 +42,7 @@ from stc_wire.sip import (
     uri_with_host_port,
 )
 from stc_wire.sip_proxy import (
+    REJOINS_HEADER,
     is_initial_invite,
     point_contact_at,
     pop_own_via,
@@ -55,6 +56,7 @@ from stc_wire.sip_proxy import (
 from stc_wire.srtp import SrtpProfile
 from stc_wire.stream import CloseInfo
 
+from .fastagi import BINDING_VARIABLE
 from .limits import BoundedDict, TunnelGuard
 from .media import CallMediaPorts, MediaRelay
 from .tunnel_server import TunnelPeer
@@ -89,6 +91,7 @@ class ServerCall:
     client_tag: str = ""  # the From tag of the client's INVITE: with the Call-ID, the dialog
     media_seen: int = -1  # packets counted at the last liveness check
     media_seen_at: float = 0.0  # loop time when that count last moved
+    rejoins: str = ""  # a rejoin: the Call-ID of the leg it replaces (X-STC-Rejoins)
 
     @property
     def key(self) -> DialogKey:
@@ -217,6 +220,7 @@ class TunnelCalls:
                 await self.peer.stream.close(wire.CloseCode.PROTOCOL_ERROR,
                                              f"more than {self.guard.malformed.limit} malformed SIP frames")
             return
+        rejoins = msg.get(REJOINS_HEADER) if isinstance(msg, SipRequest) and is_initial_invite(msg) else None
         strip_private_headers(msg)
         point_contact_at(msg, *self._local)
         # The client's tag is in From on its requests, in To on its responses.
@@ -227,6 +231,8 @@ class TunnelCalls:
                     call = self._bind_invite(msg)
                 if not await self._admit_invite(msg, call):
                     return
+                if call is not None and rejoins:
+                    call.rejoins = rejoins[:256]
             if not self._rewrite_sdp_to_asterisk(msg, call):
                 await self._refuse(msg, 488, "media cannot be relayed securely")
                 return
@@ -357,6 +363,30 @@ class TunnelCalls:
         finally:
             self._held_byes.discard(call.key)
 
+    async def _retire_replaced_leg(self, old_call_id: str) -> None:
+        """A rejoined call is in the room: hang up the leg it replaces if that is still there (its
+        stc-server died with it), but only a channel admitted for this tunnel's own certificate."""
+        rooms = self.app.rooms
+        if rooms is None:
+            return
+        mine = self.peer.identity.fingerprint_sha256
+        try:
+            for channel in await rooms.ari.get_channels():
+                channel_id = str(channel.get("id", ""))
+                if not channel_id or await rooms.ari.get_channel_variable(channel_id, "CHANNEL(pjsip,call-id)") != old_call_id:
+                    continue
+                value = await rooms.ari.get_channel_variable(channel_id, BINDING_VARIABLE)
+                binding = rooms.binding_verifier.verify_channel(value or "", channel=channel_id, call_id=old_call_id)
+                if binding.identity.fingerprint_sha256 != mine:
+                    log.warning("[%s] rejoin names channel %s of another certificate: left alone", self.peer.id, channel_id)
+                    return
+                log.info("[%s] hanging up channel %s: the rejoined call %s replaces it", self.peer.id, channel_id,
+                         old_call_id)
+                await rooms.ari.hangup_channel(channel_id)
+                return
+        except Exception as exc:  # ARI down, a channel gone meanwhile, a binding refused: nothing to retire
+            log.info("[%s] the leg %s a rejoin replaces was not retired: %s", self.peer.id, old_call_id, exc)
+
     def _asterisk_going_away(self) -> bool:
         rooms = self.app.rooms
         return rooms is not None and not (rooms.ami.up and rooms.ari.connected)
@@ -382,6 +412,8 @@ class TunnelCalls:
             return
         if method == "INVITE" and response.status >= 200:
             if 200 <= response.status < 300:
+                if not call.confirmed and call.rejoins:
+                    self._spawn(self._retire_replaced_leg(call.rejoins))
                 call.confirmed = True
                 call.to_tag = response.to_tag
                 if call.invite is not None and response.to_tag:

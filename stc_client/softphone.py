@@ -43,6 +43,7 @@ from stc_wire.sip import (
     uri_with_host_port,
 )
 from stc_wire.sip_proxy import (
+    REJOINS_HEADER,
     is_initial_invite,
     point_contact_at,
     pop_own_via,
@@ -99,6 +100,7 @@ class ClientCall:
     phone_sdp: bytes = b""  # the softphone's latest SDP (offer or answer): what a rejoin offers
     rejoin: asyncio.Task[None] | None = None
     last_gap: float | None = None  # seconds the last rejoin took, from the loss to the 2xx
+    in_room_as: str = ""  # the upstream Call-ID of the leg last answered: what a rejoin replaces
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # a rejoin attempt ended, or the leg was lost
 
     @property
@@ -813,6 +815,9 @@ class SoftphoneProxy:
         invite.append("Call-ID", leg.call_id)
         invite.append("CSeq", f"{leg.invite_cseq} INVITE")
         invite.append("Contact", phone_invite.get("Contact") or f"<sip:stc@{self.host}:{self.port}>")
+        # The leg this one replaces: a server that finds it still in the room (its server died
+        # with it) hangs it up, if it was admitted with the same certificate.
+        invite.append(REJOINS_HEADER, call.in_room_as or call.call_id)
         invite.set_body(call.phone_sdp, "application/sdp")
         call.leg = leg
         self._legs[leg.call_id] = (call, leg)
@@ -877,6 +882,7 @@ class SoftphoneProxy:
         state = call.dialog.rejoin_answered(status)
         call.settled.set()
         if state is CallState.CONFIRMED:
+            call.in_room_as = leg.call_id
             if lost_since is not None:
                 call.last_gap = asyncio.get_running_loop().time() - lost_since
             log.info("call %s: back in room %s after %.1f s (Call-ID upstream %s)", call.call_id, call.room,
