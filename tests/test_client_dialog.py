@@ -3,10 +3,14 @@ puts a rejoined upstream dialog under the softphone's own, and what the softphon
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
 from stc_client.dialog import BadTransition, CallDialog, CallState, UpstreamLeg, answer_in_gap
+from stc_client.state import ClientState
 from stc_wire.sip import SipRequest, SipResponse, make_response, parse_message
+from test_client_state import SERVER
 
 
 def request(method: str, cseq: int, *, call_id: str = "phone-call", from_tag: str = "phone",
@@ -155,3 +159,34 @@ def test_a_leg_knows_the_answer_to_its_own_invite() -> None:
     assert up.is_own_invite_answer(ok)
     ok.set("CSeq", "4 INVITE")
     assert not up.is_own_invite_answer(ok)  # a re-INVITE of the softphone's, translated
+
+
+# -- the window while a call reconnects ------------------------------------------------------------
+
+def test_the_window_shows_reconnecting_yellow_then_green_and_the_history_keeps_the_gap() -> None:
+    now = [datetime(2026, 5, 1, 10, 0, tzinfo=timezone.utc)]
+    state = ClientState(clock=lambda: now[0])
+    state.tunnel_up(SERVER)
+    state.call_started("1000", "AES_CM_128_HMAC_SHA1_80")
+    assert state.light == "green"
+    state.call_reconnecting("the way to the conference was lost")
+    state.tunnel_down("tunnel-closed", "the tunnel closed: eof", call_kept=True)
+    snap = state.snapshot()
+    assert snap["light"] == "yellow" and snap["label"] == "Reconnecting"
+    assert snap["call"] is not None and snap["reconnecting"]["reason"] == "the way to the conference was lost"
+    now[0] += timedelta(seconds=2)
+    state.tunnel_up(SERVER)
+    assert state.light == "yellow" and "rejoining room 1000" in state.snapshot()["reason"]
+    state.call_rejoined(2.0)
+    snap = state.snapshot()
+    assert snap["light"] == "green" and snap["reconnecting"] is None and snap["label"] == "In a secure call"
+    assert [h["kind"] for h in snap["history"]] == ["reconnecting", "reconnected"]
+    assert "after 2.0 s" in snap["history"][-1]["message"]
+
+
+def test_a_tunnel_lost_without_a_kept_call_is_red_as_before() -> None:
+    state = ClientState()
+    state.tunnel_up(SERVER)
+    state.call_started("1000", "AES_CM_128_HMAC_SHA1_80")
+    state.tunnel_down("tunnel-closed", "gone")
+    assert state.light == "red" and state.call is None
