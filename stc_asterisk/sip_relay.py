@@ -138,6 +138,7 @@ class TunnelCalls:
         self._local: tuple[str, int] = ("", 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
+        self._watch_pbx: asyncio.Task[None] | None = None
         self._held_byes: set[DialogKey] = set()  # Asterisk's BYEs waiting out ASTERISK_LOSS_GRACE
 
     @property
@@ -156,6 +157,7 @@ class TunnelCalls:
         self._transport = transport
         self._local = transport.get_extra_info("sockname")[:2]
         self._watch = asyncio.get_running_loop().create_task(self._watch_media())
+        self._watch_pbx = asyncio.get_running_loop().create_task(self._watch_asterisk())
         log.info("[%s] %s: SIP towards Asterisk from %s:%d", self.peer.id, self.peer.identity.display_name, *self._local)
 
     # -- from the client ------------------------------------------------------
@@ -387,6 +389,24 @@ class TunnelCalls:
         except Exception as exc:  # ARI down, a channel gone meanwhile, a binding refused: nothing to retire
             log.info("[%s] the leg %s a rejoin replaces was not retired: %s", self.peer.id, old_call_id, exc)
 
+    async def _watch_asterisk(self) -> None:
+        """Asterisk gone without a word (killed, its machine lost: AMI and ARI both down): every
+        answered call's leg is lost. The client is told (LEG_LOST) and rejoins once it is back."""
+        while True:
+            await asyncio.sleep(0.5)
+            rooms = self.app.rooms
+            if rooms is None or rooms.ami.up or rooms.ari.connected:
+                continue
+            for call in [c for c in self.calls.values() if c.confirmed and c.key not in self._held_byes]:
+                log.warning("[%s] call %s: Asterisk is unreachable (AMI and ARI down): LEG_LOST, the client rejoins",
+                            self.peer.id, call.call_id)
+                self._hang_up_towards_asterisk(call)  # in case it only lost AMI and ARI
+                self._release(call, "Asterisk unreachable")
+                try:
+                    await self.peer.send(wire.LegLost(call.call_id, "asterisk-lost"))
+                except Exception as exc:  # the tunnel is going away; on_close cleans up
+                    log.debug("[%s] cannot send LEG_LOST: %s", self.peer.id, exc)
+
     def _asterisk_going_away(self) -> bool:
         rooms = self.app.rooms
         return rooms is not None and not (rooms.ami.up and rooms.ari.connected)
@@ -507,8 +527,9 @@ class TunnelCalls:
 
     async def on_close(self, info: CloseInfo) -> None:
         self.app.sessions.pop(self.peer.id, None)
-        if self._watch is not None:
-            self._watch.cancel()
+        for watcher in (self._watch, self._watch_pbx):
+            if watcher is not None:
+                watcher.cancel()
         for call in self._all_calls():
             self._hang_up_towards_asterisk(call)
             self._release(call, f"tunnel closed: {info.reason}")

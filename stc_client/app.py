@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path("stc-client.toml")
 CAPABILITIES = ("sip", "srtp", "roster")
 FIRST_RETRY = 0.2  # seconds before the first reconnect; doubles up to server.reconnect_max_delay
+CLOSE_TIMEOUT = 3.0  # seconds a lost tunnel may take to say goodbye before it is dropped
 
 
 class ClientApp:
@@ -265,10 +266,15 @@ class ClientApp:
         """No tunnel any more: close it if it is still open, hang up the calls, turn the light red."""
         self.tunnel_up.clear()
         tunnel, self.tunnel = self.tunnel, None
-        if tunnel is not None:
-            await tunnel.close(f"client: {reason_code}")  # a no-op when the tunnel closed by itself
+        # Calls first: they start rejoining (or end) now, whatever closing the old tunnel takes.
         await self.softphone.tunnel_lost(message)
         self.state.tunnel_down(reason_code, message, call_kept=self._calls_kept())
+        if tunnel is not None:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await tunnel.close(f"client: {reason_code}")  # a no-op when the tunnel closed by itself
+            except TimeoutError:
+                tunnel.stream.drop()
 
     def _calls_kept(self) -> bool:
         return any(call.dialog.gap for call in self.softphone.calls.values())

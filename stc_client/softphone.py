@@ -56,6 +56,7 @@ from stc_wire.sip_proxy import (
 )
 from stc_wire.sip_stream import SipStreamFramer
 from stc_wire.srtp import SrtpProfile
+from stc_wire.tunnel import TunnelError
 
 from .dialog import CallDialog, CallState, UpstreamLeg, answer_in_gap
 from .media import ClientCallPorts, ClientMedia
@@ -340,7 +341,11 @@ class SoftphoneProxy:
         if call is not None and call.leg is not None:  # the call was rejoined: speak the upstream dialog
             upstream = request.copy()
             call.leg.request_up(upstream)
-        await self._send(wire.SipMessage(upstream.to_bytes()))
+        try:
+            await self._send(wire.SipMessage(upstream.to_bytes()))
+        except TunnelError as exc:  # the tunnel just went: the phone retransmits, and tunnel_lost follows
+            log.info("%s from the softphone not sent: %s", request.method, exc)
+            return
         if request.method == "BYE" and call is not None:
             self._end_call(call, "you hung up")
 
