@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path("stc-client.toml")
 CAPABILITIES = ("sip", "srtp", "roster")
 FIRST_RETRY = 0.2  # seconds before the first reconnect; doubles up to server.reconnect_max_delay
+KEPT_CALLS_MAX_DELAY = 1.0  # the longest back-off while a kept call waits for a tunnel
 CLOSE_TIMEOUT = 3.0  # seconds a lost tunnel may take to say goodbye before it is dropped
 
 
@@ -219,7 +220,10 @@ class ClientApp:
                 except Exception:
                     log.exception("cleaning up after that fault failed too")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.server.reconnect_max_delay)
+            # While calls wait to rejoin, a returning path must not wait out a long back-off.
+            ceiling = min(KEPT_CALLS_MAX_DELAY, self.config.server.reconnect_max_delay) if self._calls_kept() \
+                else self.config.server.reconnect_max_delay
+            delay = min(delay * 2, ceiling)
 
     async def _servers(self) -> list[tuple[str, int]]:
         """Where to connect, in order: the SRV records (when configured), host:port, then hosts."""

@@ -24,6 +24,7 @@ from capture import Capture, Packet
 from sipp import SCENARIO_DIR, UAC_WAIT_BYE, Codec, SippCaller
 from stack import WAN_HOST, Stack, client_config, room_caller, stc_stack, wait_until
 from stc_client.app import ClientApp
+from test_operations_e2e import kill_asterisk
 from tests.certs import TestPki, make_test_pki
 
 pytestmark = pytest.mark.asterisk
@@ -204,11 +205,13 @@ def in_room(client: ClientApp) -> bool:
     return len(calls) == 1 and not calls[0].dialog.gap and client.state.light == "green"
 
 
+@pytest.mark.parametrize("how", ["stopped", "killed"])
 async def test_asterisk_restarted_mid_call_every_participant_comes_back(
-        asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
-    """The lab's Asterisk is stopped (`core stop now`: every channel gets its BYE) and started
-    again under the call. The server tells each client the leg was lost (not a hang-up); every
-    softphone stays in its call and is back in the room, green with a full roster, within 10 s."""
+        asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller], how: str) -> None:
+    """The lab's Asterisk goes away under the call and is started again: stopped (`core stop now`:
+    every channel gets its BYE first), or killed with SIGKILL (no word at all: AMI and ARI drop).
+    The server tells each client the leg was lost (not a hang-up); every softphone stays in its
+    call and is back in the room, green with a full roster, within 10 s of Asterisk being up."""
     async with stc_stack(pki, ("alice", "bob")) as stack, AmiClient() as ami:
         since = ami.mark()
         phones = [room_caller(sipp_callers, stack, user, scenario=UAC_WAIT_BYE, codec=Codec.PCMA, timeout_s=120)
@@ -217,15 +220,22 @@ async def test_asterisk_restarted_mid_call_every_participant_comes_back(
             phone.start()
         await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=20, since=since)
         await wait_until(lambda: all(in_room(c) for c in stack.clients.values()), 10, "both green")
-        await asyncio.to_thread(asterisk_lab_module.lab_stop)
-        await wait_until(lambda: all(c.softphone.calls and next(iter(c.softphone.calls.values())).dialog.gap
-                                     for c in stack.clients.values()), 10, "both reconnecting")
-        assert all(c.state.light == "yellow" for c in stack.clients.values())
-        await asyncio.to_thread(asterisk_lab_module.lab_start)
+        if how == "killed":
+            kill_asterisk()
+        else:
+            await asyncio.to_thread(asterisk_lab_module.lab_stop)
+        try:
+            await wait_until(lambda: all(c.softphone.calls and next(iter(c.softphone.calls.values())).dialog.gap
+                                         for c in stack.clients.values()), 10, "both reconnecting")
+            assert all(c.state.light == "yellow" for c in stack.clients.values())
+        finally:
+            if how == "killed":
+                await asyncio.to_thread(asterisk_lab_module.lab_stop)  # the script's clean-up after a kill
+            await asyncio.to_thread(asterisk_lab_module.lab_start)
         up_at = time.monotonic()
         await wait_until(lambda: all(in_room(c) and authenticated_names(c) == ["Alice", "Bob"]
                                      for c in stack.clients.values()), 10, "back in the room, green, full rosters")
-        print(f"\nback in the room {time.monotonic() - up_at:.1f} s after Asterisk was up")
+        print(f"\nAsterisk {how}: back in the room {time.monotonic() - up_at:.1f} s after Asterisk was up")
         async with AmiClient() as fresh:  # the old AMI connection went with the old Asterisk
             assert len(await fresh.confbridge_list(ROOM)) == 2
         for phone in phones:
