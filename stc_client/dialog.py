@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 from stc_wire.sip import SipRequest, SipResponse, make_response, parse_name_addr
+from stc_wire.sip_proxy import REJOINS_HEADER
 
 
 class CallState(enum.Enum):
@@ -196,6 +197,51 @@ class UpstreamLeg:
             self._down[down] = number
             while len(self._down) > 32:
                 self._down.popitem(last=False)
+
+    # the client's own requests on this leg
+    def invite(self, phone_invite: SipRequest, sdp: bytes, *, via: str, contact: str, replaces: str) -> SipRequest:
+        """The rejoin INVITE: the room the softphone dialled, its latest SDP, and the Call-ID of the
+        leg it replaces (a server that finds that leg still in the room hangs it up, if it was
+        admitted for the same certificate). Remembers what the ACK and BYE need."""
+        self.request_uri = phone_invite.uri
+        self.via = via
+        self.from_header = _with_tag(phone_invite.get("From") or "", self.local_tag)
+        invite = SipRequest("INVITE", self.request_uri, [])
+        invite.append("Via", via)
+        invite.append("Max-Forwards", "70")
+        invite.append("From", self.from_header)
+        invite.append("To", _with_tag(phone_invite.get("To") or f"<{self.request_uri}>", None))
+        invite.append("Call-ID", self.call_id)
+        invite.append("CSeq", f"{self.invite_cseq} INVITE")
+        invite.append("Contact", phone_invite.get("Contact") or contact)
+        invite.append(REJOINS_HEADER, replaces)
+        invite.set_body(sdp, "application/sdp")
+        return invite
+
+    def ack(self, via: str, failure: SipResponse | None = None) -> SipRequest:
+        """The ACK of our INVITE's 2xx (`via` new), or of a failure (`via` the INVITE's, its To)."""
+        ack = SipRequest("ACK", self.request_uri if failure is not None else (self.remote_target or self.request_uri), [])
+        ack.append("Via", via)
+        ack.append("Max-Forwards", "70")
+        ack.append("From", self.from_header)
+        ack.append("To", (failure.get("To") if failure is not None else self.to_header) or "")
+        ack.append("Call-ID", self.call_id)
+        ack.append("CSeq", f"{self.invite_cseq} ACK")
+        ack.append("Content-Length", "0")
+        return ack
+
+    def bye(self, via: str, reason_text: str) -> SipRequest:
+        """Leave the room on this leg (a rejoin answered after its call was over)."""
+        bye = SipRequest("BYE", self.remote_target or self.request_uri, [])
+        bye.append("Via", via)
+        bye.append("Max-Forwards", "70")
+        bye.append("From", self.from_header)
+        bye.append("To", self.to_header)
+        bye.append("Call-ID", self.call_id)
+        bye.append("CSeq", f"{self.invite_cseq + 1} BYE")
+        bye.append("Reason", f'Q.850;cause=16;text="{reason_text}"')
+        bye.append("Content-Length", "0")
+        return bye
 
     def is_own_invite_answer(self, response: SipResponse) -> bool:
         return response.call_id == self.call_id and response.cseq == (self.invite_cseq, "INVITE")

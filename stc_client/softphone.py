@@ -43,7 +43,6 @@ from stc_wire.sip import (
     uri_with_host_port,
 )
 from stc_wire.sip_proxy import (
-    REJOINS_HEADER,
     is_initial_invite,
     point_contact_at,
     pop_own_via,
@@ -805,25 +804,12 @@ class SoftphoneProxy:
         if not call.phone_sdp:
             self._give_up(call, "the call cannot be rejoined (the softphone's SDP is unknown)")
             return None
-        phone_invite = call.invite
         leg = UpstreamLeg(call_id=f"{secrets.token_hex(16)}@stc-rejoin", local_tag=new_tag(),
                           phone_call_id=call.call_id, phone_tag=call.softphone_tag,
                           phone_far_tag=parse_name_addr(call.to_header).tag if call.to_header else None,
-                          invite_cseq=call.max_cseq + 1, request_uri=phone_invite.uri,
-                          via=str(make_via(self.host, self.port, new_branch())))
-        leg.from_header = str(parse_name_addr(phone_invite.get("From") or "").with_param("tag", leg.local_tag))
-        invite = SipRequest("INVITE", leg.request_uri, [])
-        invite.append("Via", leg.via)
-        invite.append("Max-Forwards", "70")
-        invite.append("From", leg.from_header)
-        invite.append("To", phone_invite.get("To") or f"<{leg.request_uri}>")
-        invite.append("Call-ID", leg.call_id)
-        invite.append("CSeq", f"{leg.invite_cseq} INVITE")
-        invite.append("Contact", phone_invite.get("Contact") or f"<sip:stc@{self.host}:{self.port}>")
-        # The leg this one replaces: a server that finds it still in the room (its server died
-        # with it) hangs it up, if it was admitted with the same certificate.
-        invite.append(REJOINS_HEADER, call.in_room_as or call.call_id)
-        invite.set_body(call.phone_sdp, "application/sdp")
+                          invite_cseq=call.max_cseq + 1)
+        invite = leg.invite(call.invite, call.phone_sdp, via=self._new_via(),
+                            contact=f"<sip:stc@{self.host}:{self.port}>", replaces=call.in_room_as or call.call_id)
         call.leg = leg
         self._legs[leg.call_id] = (call, leg)
         while len(self._legs) > _MEMORY:
@@ -872,15 +858,15 @@ class SoftphoneProxy:
             leg.to_header = response.get("To") or ""
             if (contact := response.get("Contact")) is not None:
                 leg.remote_target = parse_name_addr(contact).uri
-            await self._send_up(self._ack_up(leg))
+            await self._send_up(leg.ack(self._new_via()))
             if live and call.dialog.state is CallState.CONFIRMED:
                 return  # a retransmitted 2xx: our ACK was lost
             if not live or call.dialog.state is not CallState.REJOINING:
                 # The call ended (or moved on) while this INVITE was out: leave the room again.
-                await self._send_up(self._bye_up(leg, "the call this rejoin was for is over"))
+                await self._send_up(leg.bye(self._new_via(), f"stc: {_quoted('the call this rejoin was for is over')}"))
                 return
         else:
-            await self._send_up(self._ack_up(leg, response))  # the ACK of a failure (hop by hop)
+            await self._send_up(leg.ack(leg.via, response))  # the ACK of a failure (hop by hop)
             if not live or call.dialog.state is not CallState.REJOINING:
                 return
         lost_since = call.dialog.lost_since
@@ -899,28 +885,8 @@ class SoftphoneProxy:
         else:
             log.warning("call %s: rejoin answered %d %s: trying again", call.call_id, status, response.reason)
 
-    def _ack_up(self, leg: UpstreamLeg, failure: SipResponse | None = None) -> SipRequest:
-        ack = SipRequest("ACK", leg.request_uri if failure is not None else (leg.remote_target or leg.request_uri), [])
-        ack.append("Via", leg.via if failure is not None else str(make_via(self.host, self.port, new_branch())))
-        ack.append("Max-Forwards", "70")
-        ack.append("From", leg.from_header)
-        ack.append("To", (failure.get("To") if failure is not None else leg.to_header) or "")
-        ack.append("Call-ID", leg.call_id)
-        ack.append("CSeq", f"{leg.invite_cseq} ACK")
-        ack.append("Content-Length", "0")
-        return ack
-
-    def _bye_up(self, leg: UpstreamLeg, why: str) -> SipRequest:
-        bye = SipRequest("BYE", leg.remote_target or leg.request_uri, [])
-        bye.append("Via", str(make_via(self.host, self.port, new_branch())))
-        bye.append("Max-Forwards", "70")
-        bye.append("From", leg.from_header)
-        bye.append("To", leg.to_header)
-        bye.append("Call-ID", leg.call_id)
-        bye.append("CSeq", f"{leg.invite_cseq + 1} BYE")
-        bye.append("Reason", f'Q.850;cause=16;text="stc: {_quoted(why)}"')
-        bye.append("Content-Length", "0")
-        return bye
+    def _new_via(self) -> str:
+        return str(make_via(self.host, self.port, new_branch()))
 
     async def _send_up(self, msg: SipRequest | SipResponse) -> None:
         if self._send is None:

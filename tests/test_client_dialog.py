@@ -190,3 +190,28 @@ def test_a_tunnel_lost_without_a_kept_call_is_red_as_before() -> None:
     state.call_started("1000", "AES_CM_128_HMAC_SHA1_80")
     state.tunnel_down("tunnel-closed", "gone")
     assert state.light == "red" and state.call is None
+
+
+def test_the_rejoin_invite_is_a_new_dialog_for_the_same_room_with_the_softphones_sdp() -> None:
+    up = UpstreamLeg(call_id="up-call", local_tag="ours", phone_call_id="phone-call", phone_tag="phone",
+                     phone_far_tag="ast1", invite_cseq=4)
+    phone_invite = request("INVITE", 1, to_tag=None, body=b"v=0\r\n")
+    invite = up.invite(phone_invite, b"v=0\r\nm=audio 4000 RTP/AVP 8\r\n", via="SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-r",
+                       contact="<sip:stc@127.0.0.1:5060>", replaces="phone-call")
+    assert invite.uri == phone_invite.uri and invite.call_id == "up-call"
+    assert invite.from_tag == "ours" and invite.to_tag is None and invite.cseq == (4, "INVITE")
+    assert invite.get("X-STC-Rejoins") == "phone-call"
+    assert invite.body.startswith(b"v=0") and invite.content_type == "application/sdp"
+    raw = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-r\r\n"
+           b"From: <sip:alice@127.0.0.1>;tag=ours\r\nTo: <sip:1000@127.0.0.1>;tag=ast2\r\n"
+           b"Call-ID: up-call\r\nCSeq: 4 INVITE\r\nContact: <sip:1000@127.0.0.1:5080>\r\nContent-Length: 0\r\n\r\n")
+    ok = parse_message(raw)
+    assert isinstance(ok, SipResponse)
+    up.remote_tag, up.to_header, up.remote_target = ok.to_tag, ok.get("To") or "", "sip:1000@127.0.0.1:5080"
+    ack = up.ack("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-a")
+    assert ack.uri == "sip:1000@127.0.0.1:5080" and ack.cseq == (4, "ACK") and ack.to_tag == "ast2"
+    bye = up.bye("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-b", "stc: over")
+    assert bye.cseq == (5, "BYE") and bye.call_id == "up-call" and bye.from_tag == "ours"
+    failed = make_response(invite, 503)
+    failure_ack = up.ack(up.via, failed)
+    assert failure_ack.get("Via") == up.via and failure_ack.uri == phone_invite.uri
