@@ -418,6 +418,10 @@ class RoomService:
             self.resyncs_refused += 1
             log.debug("[%s] roster resync request refused: %s", peer.id, exc)
             return
+        home = self.home_of(room)
+        if home is not self:  # the room lives on another Asterisk node: its service holds the roster
+            home.resync(peer, data)
+            return
         session = self.app.sessions.get(peer.id)
         publication: Publication | None = self.publisher.last(room)
         now = time.monotonic()

@@ -10,6 +10,12 @@ restarts and reuses its Call-ID makes a new call, and a message of one never
 touches the other. When the tunnel closes, or a call's media goes silent for
 `media.call_timeout` (no SRTP and no keep-alive from its client), the call is hung
 up towards Asterisk and its ports are released.
+
+A BYE from Asterisk for an answered call is held for `ASTERISK_LOSS_GRACE` seconds: when
+Asterisk is going away meanwhile (its AMI or ARI connection drops, as in a restart), the
+call was not hung up by anyone's decision, and the client gets LEG_LOST instead of the BYE
+(it keeps the softphone's call and rejoins once Asterisk is back). Otherwise (a kick, an
+ejection, the conference ending) the BYE goes on to the client as it came.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from stc_wire.sip import (
     uri_with_host_port,
 )
 from stc_wire.sip_proxy import (
+    REJOINS_HEADER,
     is_initial_invite,
     point_contact_at,
     pop_own_via,
@@ -49,15 +56,20 @@ from stc_wire.sip_proxy import (
 from stc_wire.srtp import SrtpProfile
 from stc_wire.stream import CloseInfo
 
+from .fastagi import BINDING_VARIABLE
 from .limits import BoundedDict, TunnelGuard
 from .media import CallMediaPorts, MediaRelay
 from .tunnel_server import TunnelPeer
 
 if TYPE_CHECKING:
     from .app import ServerApp
+    from .rooms import RoomService
 
 log = logging.getLogger(__name__)
 TOKEN_HEADER = "X-STC-Token"
+# Seconds a BYE from Asterisk waits to see whether Asterisk is going away (a restart sends
+# every channel's BYE first, then drops AMI and ARI within a moment).
+ASTERISK_LOSS_GRACE = 1.5
 
 
 DialogKey = tuple[str, str]  # (Call-ID, the client side's tag)
@@ -81,6 +93,7 @@ class ServerCall:
     client_tag: str = ""  # the From tag of the client's INVITE: with the Call-ID, the dialog
     media_seen: int = -1  # packets counted at the last liveness check
     media_seen_at: float = 0.0  # loop time when that count last moved
+    rejoins: str = ""  # a rejoin: the Call-ID of the leg it replaces (X-STC-Rejoins)
 
     @property
     def key(self) -> DialogKey:
@@ -127,6 +140,8 @@ class TunnelCalls:
         self._local: tuple[str, int] = ("", 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
+        self._watch_pbx: asyncio.Task[None] | None = None
+        self._held_byes: set[DialogKey] = set()  # Asterisk's BYEs waiting out ASTERISK_LOSS_GRACE
 
     @property
     def relay(self) -> MediaRelay:
@@ -144,6 +159,7 @@ class TunnelCalls:
         self._transport = transport
         self._local = transport.get_extra_info("sockname")[:2]
         self._watch = asyncio.get_running_loop().create_task(self._watch_media())
+        self._watch_pbx = asyncio.get_running_loop().create_task(self._watch_asterisk())
         log.info("[%s] %s: SIP towards Asterisk from %s:%d", self.peer.id, self.peer.identity.display_name, *self._local)
 
     # -- from the client ------------------------------------------------------
@@ -155,7 +171,7 @@ class TunnelCalls:
         elif isinstance(message, wire.MediaEnd):
             self._release_by_stream(message.stream_id)
         elif isinstance(message, wire.RosterUpdate) and self.app.rooms is not None:
-            self.app.rooms.resync(self.peer, message.data)  # a client out of step asks for the full roster
+            self.app.rooms.resync(self.peer, message.data)  # passed on to the room's node  # a client out of step asks for the full roster
         else:
             log.debug("[%s] ignoring %s", self.peer.id, type(message).__name__)
 
@@ -210,6 +226,7 @@ class TunnelCalls:
                 await self.peer.stream.close(wire.CloseCode.PROTOCOL_ERROR,
                                              f"more than {self.guard.malformed.limit} malformed SIP frames")
             return
+        rejoins = msg.get(REJOINS_HEADER) if isinstance(msg, SipRequest) and is_initial_invite(msg) else None
         strip_private_headers(msg)
         point_contact_at(msg, *self._local)
         # The client's tag is in From on its requests, in To on its responses.
@@ -220,6 +237,8 @@ class TunnelCalls:
                     call = self._bind_invite(msg)
                 if not await self._admit_invite(msg, call):
                     return
+                if call is not None and rejoins:
+                    call.rejoins = rejoins[:256]
             if not self._rewrite_sdp_to_asterisk(msg, call):
                 await self._refuse(msg, 488, "media cannot be relayed securely")
                 return
@@ -317,6 +336,11 @@ class TunnelCalls:
         if isinstance(msg, SipResponse):
             self._track_response(msg, call)
         elif msg.method == "BYE" and call is not None:
+            if call.confirmed and self.app.rooms is not None:
+                if call.key not in self._held_byes:  # else a retransmission of the BYE held
+                    self._held_byes.add(call.key)
+                    self._spawn(self._bye_from_asterisk(call, msg))
+                return
             # Asterisk hangs up: the client still gets the BYE; media ends with it.
             asyncio.get_running_loop().call_soon(self._release, call, "BYE from Asterisk")
         if call is not None:
@@ -328,6 +352,80 @@ class TunnelCalls:
             if endpoint is not None:
                 self.relay.set_asterisk_media(call.media_tag, endpoint.address, endpoint.rtp_port, endpoint.rtcp_port)
         self._spawn(self._send_to_client(msg.to_bytes()))
+
+    async def _bye_from_asterisk(self, call: ServerCall, bye: SipRequest) -> None:
+        """A hang-up, or Asterisk going away? Wait a moment and look (see ASTERISK_LOSS_GRACE)."""
+        try:
+            await asyncio.sleep(ASTERISK_LOSS_GRACE)
+            lost = self._asterisk_going_away(call)
+            self._release(call, "Asterisk went away" if lost else "BYE from Asterisk")
+            if lost:
+                log.warning("[%s] call %s: Asterisk went away under it: LEG_LOST, the client rejoins",
+                            self.peer.id, call.call_id)
+                self._send_to_asterisk(make_response(bye, 200))
+                await self.peer.send(wire.LegLost(call.call_id, "asterisk-restart"))
+            else:
+                await self._send_to_client(bye.to_bytes())
+        except Exception as exc:  # the tunnel is going away; on_close cleans up
+            log.debug("[%s] BYE for call %s not passed on: %s", self.peer.id, call.call_id, exc)
+        finally:
+            self._held_byes.discard(call.key)
+
+    async def _retire_replaced_leg(self, call: ServerCall) -> None:
+        """A rejoined call is in the room: hang up the leg it replaces if that is still there (its
+        stc-server died with it), but only a channel admitted for this tunnel's own certificate."""
+        old_call_id = call.rejoins
+        rooms = self._node_service(call)
+        if rooms is None or not old_call_id:
+            return
+        mine = self.peer.identity.fingerprint_sha256
+        try:
+            for channel in await rooms.ari.get_channels():
+                channel_id = str(channel.get("id", ""))
+                if not channel_id or await rooms.ari.get_channel_variable(channel_id, "CHANNEL(pjsip,call-id)") != old_call_id:
+                    continue
+                value = await rooms.ari.get_channel_variable(channel_id, BINDING_VARIABLE)
+                binding = rooms.binding_verifier.verify_channel(value or "", channel=channel_id, call_id=old_call_id)
+                if binding.identity.fingerprint_sha256 != mine:
+                    log.warning("[%s] rejoin names channel %s of another certificate: left alone", self.peer.id, channel_id)
+                    return
+                log.info("[%s] hanging up channel %s: the rejoined call %s replaces it", self.peer.id, channel_id,
+                         old_call_id)
+                await rooms.ari.hangup_channel(channel_id)
+                return
+        except Exception as exc:  # ARI down, a channel gone meanwhile, a binding refused: nothing to retire
+            log.info("[%s] the leg %s a rejoin replaces was not retired: %s", self.peer.id, old_call_id, exc)
+
+    async def _watch_asterisk(self) -> None:
+        """Asterisk gone without a word (killed, its machine lost: AMI and ARI both down): every
+        answered call's leg is lost. The client is told (LEG_LOST) and rejoins once it is back."""
+        while True:
+            await asyncio.sleep(0.5)
+            if self.app.rooms is None:
+                continue
+            for call in [c for c in self.calls.values() if c.confirmed and c.key not in self._held_byes]:
+                node = self._node_service(call)
+                if node is None or node.ami.up or node.ari.connected:
+                    continue  # only the node this call is on counts
+                log.warning("[%s] call %s: Asterisk is unreachable (AMI and ARI down): LEG_LOST, the client rejoins",
+                            self.peer.id, call.call_id)
+                self._hang_up_towards_asterisk(call)  # in case it only lost AMI and ARI
+                self._release(call, "Asterisk unreachable")
+                try:
+                    await self.peer.send(wire.LegLost(call.call_id, "asterisk-lost"))
+                except Exception as exc:  # the tunnel is going away; on_close cleans up
+                    log.debug("[%s] cannot send LEG_LOST: %s", self.peer.id, exc)
+
+    def _node_service(self, call: ServerCall) -> "RoomService | None":
+        """The RoomService of the Asterisk node this call went to (the first node's by default)."""
+        for service in self.app.nodes.values():
+            if call.asterisk is not None and service.node.sip_address == call.asterisk:
+                return service
+        return self.app.rooms
+
+    def _asterisk_going_away(self, call: ServerCall) -> bool:
+        rooms = self._node_service(call)
+        return rooms is not None and not (rooms.ami.up and rooms.ari.connected)
 
     def _sdp_for_unknown_call(self, msg: SipRequest | SipResponse, source: tuple[str, int]) -> bool:
         """SDP from Asterisk for a dialog we hold no keys for never reaches a client: a request is
@@ -350,6 +448,8 @@ class TunnelCalls:
             return
         if method == "INVITE" and response.status >= 200:
             if 200 <= response.status < 300:
+                if not call.confirmed and call.rejoins:
+                    self._spawn(self._retire_replaced_leg(call))
                 call.confirmed = True
                 call.to_tag = response.to_tag
                 if call.invite is not None and response.to_tag:
@@ -443,8 +543,9 @@ class TunnelCalls:
 
     async def on_close(self, info: CloseInfo) -> None:
         self.app.sessions.pop(self.peer.id, None)
-        if self._watch is not None:
-            self._watch.cancel()
+        for watcher in (self._watch, self._watch_pbx):
+            if watcher is not None:
+                watcher.cancel()
         for call in self._all_calls():
             self._hang_up_towards_asterisk(call)
             self._release(call, f"tunnel closed: {info.reason}")

@@ -9,15 +9,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stc_wire.messages import Message, RosterUpdate
+
+from stc_wire.messages import LegLost, Message, RosterUpdate
 from stc_wire.roster import Roster
 from stc_wire.roster_sync import TalkingUpdate
 from stc_wire.srtp import SrtpProfile
 
-from .config import ClientConfig, softphone_address
+from .config import ClientConfig, server_address, softphone_address
 from .media import ClientMedia
+from .dialog import CallState
 from .roster_view import ClientRosters
 from .softphone import ClientCall, SoftphoneProxy
+from .srv import SrvError, lookup_srv
 from .state import ClientState, MediaCounters, listener_message
 from .tunnel_client import ClientTunnel, TunnelRefused, open_tunnel
 from .window_secret import load_or_create_secret
@@ -28,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path("stc-client.toml")
 CAPABILITIES = ("sip", "srtp", "roster")
+FIRST_RETRY = 0.2  # seconds before the first reconnect; doubles up to server.reconnect_max_delay
+KEPT_CALLS_MAX_DELAY = 1.0  # the longest back-off while a kept call waits for a tunnel
+CLOSE_TIMEOUT = 3.0  # seconds a lost tunnel may take to say goodbye before it is dropped
 
 
 class ClientApp:
@@ -56,7 +62,8 @@ class ClientApp:
             config.sip.listen_host, config.sip.listen_port, self.media,
             tuple(SrtpProfile.parse(p) for p in config.media.srtp_profiles), on_change=self._call_changed,
             softphone_timeout=config.sip.softphone_timeout, on_call_end=self._call_ended,
-            softphones=tuple(softphone_address(entry) for entry in config.sip.softphones))
+            softphones=tuple(softphone_address(entry) for entry in config.sip.softphones),
+            reconnect_timeout=config.server.reconnect_timeout, on_reconnect=self._call_reconnect)
 
     async def start(self) -> None:
         # A window secret that cannot be made or trusted stops the start before anything is bound.
@@ -138,6 +145,13 @@ class ClientApp:
     def _call_ended(self, call: ClientCall) -> None:
         self._end_reason = call.end_reason
 
+    def _call_reconnect(self, call: ClientCall) -> None:
+        """A kept call lost its way to the conference (yellow, "reconnecting"), or is back (green)."""
+        if call.dialog.gap:
+            self.state.call_reconnecting("the way to the conference was lost")
+        elif call.dialog.state is CallState.CONFIRMED:
+            self.state.call_rejoined(call.last_gap)
+
     def _call_changed(self) -> None:
         call = self.softphone.active_call
         if call is not None and call.profile is not None:
@@ -149,6 +163,9 @@ class ClientApp:
     async def on_message(self, message: Message) -> None:
         if isinstance(message, RosterUpdate):
             await self._roster(message.data)
+        elif isinstance(message, LegLost):
+            log.warning("the server says the conference lost call %s (%s)", message.call_id, message.reason)
+            self.softphone.leg_lost(message.call_id, f"the conference server lost the call: {message.reason}")
         else:
             await self.softphone.on_server_message(message)
 
@@ -193,11 +210,11 @@ class ClientApp:
 
     async def _keep_tunnel(self) -> None:
         """Keep a tunnel up for as long as the client runs: whatever goes wrong, say so and reconnect."""
-        delay = 1.0
+        delay = FIRST_RETRY
         while True:
             try:
                 if await self._serve_one_tunnel():
-                    delay = 1.0
+                    delay = FIRST_RETRY
             except Exception:  # a message we could not handle, or a bug: never the end of the client
                 self.faults += 1
                 log.exception("stc-client fault while serving the tunnel; dropping it and reconnecting")
@@ -207,15 +224,43 @@ class ClientApp:
                 except Exception:
                     log.exception("cleaning up after that fault failed too")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.server.reconnect_max_delay)
+            # While calls wait to rejoin, a returning path must not wait out a long back-off.
+            ceiling = min(KEPT_CALLS_MAX_DELAY, self.config.server.reconnect_max_delay) if self._calls_kept() \
+                else self.config.server.reconnect_max_delay
+            delay = min(delay * 2, ceiling)
+
+    async def _servers(self) -> list[tuple[str, int]]:
+        """Where to connect, in order: the SRV records (when configured), host:port, then hosts."""
+        server = self.config.server
+        found: list[tuple[str, int]] = []
+        if server.srv_domain:
+            try:
+                found = [(r.target, r.port) for r in await lookup_srv(f"_stc._tcp.{server.srv_domain}")]
+            except SrvError as exc:
+                log.warning("no SRV records for _stc._tcp.%s (%s): using the configured servers", server.srv_domain, exc)
+        for address in [(server.host, server.port), *(server_address(entry) for entry in server.hosts)]:
+            if address not in found:
+                found.append(address)
+        return found
+
+    async def _open_any(self) -> ClientTunnel:
+        """A tunnel to the first server that takes us; the last refusal if none does."""
+        refused: TunnelRefused | None = None
+        for address in await self._servers():
+            try:
+                return await open_tunnel(self.config, capabilities=CAPABILITIES, address=address)
+            except TunnelRefused as exc:
+                log.error("tunnel to %s:%d refused (%s): %s", *address, exc.reason, exc)
+                refused = exc
+        assert refused is not None
+        raise refused
 
     async def _serve_one_tunnel(self) -> bool:
         """Open a tunnel and serve it until it closes; False if it never came up."""
         try:
-            self.tunnel = await open_tunnel(self.config, capabilities=CAPABILITIES)
+            self.tunnel = await self._open_any()
         except TunnelRefused as exc:
-            log.error("tunnel refused (%s): %s", exc.reason, exc)
-            self.state.tunnel_down(exc.reason, str(exc))
+            self.state.tunnel_down(exc.reason, str(exc), call_kept=self._calls_kept())
             return False
         self.softphone.tunnel_up(self.tunnel.send)
         self.state.tunnel_up(self.tunnel.server_identity, self.tunnel.own_identity)
@@ -229,10 +274,18 @@ class ClientApp:
         """No tunnel any more: close it if it is still open, hang up the calls, turn the light red."""
         self.tunnel_up.clear()
         tunnel, self.tunnel = self.tunnel, None
-        if tunnel is not None:
-            await tunnel.close(f"client: {reason_code}")  # a no-op when the tunnel closed by itself
+        # Calls first: they start rejoining (or end) now, whatever closing the old tunnel takes.
         await self.softphone.tunnel_lost(message)
-        self.state.tunnel_down(reason_code, message)
+        self.state.tunnel_down(reason_code, message, call_kept=self._calls_kept())
+        if tunnel is not None:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await tunnel.close(f"client: {reason_code}")  # a no-op when the tunnel closed by itself
+            except TimeoutError:
+                tunnel.stream.drop()
+
+    def _calls_kept(self) -> bool:
+        return any(call.dialog.gap for call in self.softphone.calls.values())
 
 
 def describe_roster(roster: Roster) -> str:

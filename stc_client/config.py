@@ -18,11 +18,21 @@ class ServerSettings:
     host: str = "localhost"
     port: int = 5443
     name: str = ""
+    # More servers of the same deployment, as "host:port", tried in order after host:port when a
+    # tunnel is lost or cannot be opened (every one must show a certificate for `name`).
+    hosts: tuple[str, ...] = ()
+    # A DNS domain whose _stc._tcp SRV records list the servers (tried before host and hosts).
+    srv_domain: str = ""
     connect_timeout: float = 10.0
-    keepalive_interval: float = 15.0
-    keepalive_timeout: float = 45.0
-    # After a lost or refused tunnel, retry with back-off up to this many seconds apart.
+    # A PING every keepalive_interval; nothing received for keepalive_timeout: the path is dead,
+    # the tunnel is dropped and calls start rejoining (a few seconds, so a blip is caught fast).
+    keepalive_interval: float = 2.0
+    keepalive_timeout: float = 6.0
+    # After a lost or refused tunnel, retry with back-off (from 0.2 s) up to this many seconds apart.
     reconnect_max_delay: float = 30.0
+    # A call whose way to the conference is lost is kept (the softphone hears nothing) and
+    # rejoined; it is hung up only when rejoining has not worked for this many seconds.
+    reconnect_timeout: float = 30.0
     # A roster issued longer ago (or further in the future) than this is refused: clock skew
     # between client and server must stay below it.
     roster_max_age: float = 60.0
@@ -34,6 +44,10 @@ class ServerSettings:
     def validate(self) -> None:
         if not port_ok(self.port):
             raise ValueError(f"port: {self.port} is not a TCP port")
+        for entry in self.hosts:
+            server_address(entry)
+        if self.reconnect_timeout <= 0:
+            raise ValueError("reconnect_timeout: must be positive")
         if self.keepalive_timeout <= self.keepalive_interval:
             raise ValueError("keepalive_timeout: must be longer than keepalive_interval")
         if self.roster_max_age <= 0:
@@ -141,4 +155,17 @@ def softphone_address(entry: str) -> tuple[str, int | None]:
         return host, None
     if not port_text.isdigit() or not port_ok(int(port_text)):
         raise ValueError(f"softphones: {entry!r} has no valid port")
+    return host, int(port_text)
+
+
+def server_address(entry: str) -> tuple[str, int]:
+    """ "stc2.example.org:5443" -> ("stc2.example.org", 5443); "[2001:db8::1]:5443" -> ("2001:db8::1", 5443)."""
+    text = entry.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":")
+    if not host or ":" in host and not text.startswith("[") or not port_text.isdigit() or not port_ok(int(port_text)):
+        raise ValueError(f"hosts: {entry!r} is not host:port")
     return host, int(port_text)

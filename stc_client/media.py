@@ -296,6 +296,16 @@ class ClientMedia:
             call_tag, keys.profile.value, self._server_ip, server_rtp_port, server_rtcp_port,
         )
 
+    def suspend(self, call_tag: str) -> None:
+        """The server's end of the call is gone (a lost tunnel): send nothing more under its keys.
+        The softphone-side ports stay open; `install_keys` with a rejoin's keys resumes the call."""
+        call = self._call(call_tag)
+        if call.keepalive is not None:
+            call.keepalive.cancel()
+            call.keepalive = None
+        call.forget_keys()
+        logger.info("call %s: media suspended until the call is keyed again", call_tag)
+
     def close_call(self, call_tag: str) -> None:
         """Close the call's sockets and drop its SRTP sessions; unknown calls are ignored.
 

@@ -55,7 +55,9 @@ from stc_wire.sip_proxy import (
 )
 from stc_wire.sip_stream import SipStreamFramer
 from stc_wire.srtp import SrtpProfile
+from stc_wire.tunnel import TunnelError
 
+from .dialog import CallDialog, CallState, UpstreamLeg, answer_in_gap
 from .media import ClientCallPorts, ClientMedia
 
 log = logging.getLogger(__name__)
@@ -93,10 +95,22 @@ class ClientCall:
     media_seen: int = -1  # softphone packets counted at the last check
     rtcp_mux: bool = False  # the softphone offered RTCP on its RTP port (RFC 5761) and got it
     end_reason: str = ""
+    dialog: CallDialog = field(default_factory=CallDialog)
+    leg: UpstreamLeg | None = None  # after a rejoin: the dialog upstream (None: the softphone's own)
+    phone_sdp: bytes = b""  # the softphone's latest SDP (offer or answer): what a rejoin offers
+    rejoin: asyncio.Task[None] | None = None
+    last_gap: float | None = None  # seconds the last rejoin took, from the loss to the 2xx
+    in_room_as: str = ""  # the upstream Call-ID of the leg last answered: what a rejoin replaces
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # a rejoin attempt ended, or the leg was lost
 
     @property
     def key(self) -> DialogKey:
         return (self.call_id, self.softphone_tag)
+
+    @property
+    def upstream_call_id(self) -> str:
+        """The Call-ID the server and Asterisk know this call by (what media keys are bound to)."""
+        return self.leg.call_id if self.leg is not None else self.call_id
 
 
 class _Listener(asyncio.DatagramProtocol):
@@ -117,12 +131,19 @@ class SoftphoneProxy:
     def __init__(self, host: str, port: int, media: ClientMedia, profiles: tuple[SrtpProfile, ...],
                  on_change: Callable[[], None] = lambda: None, *, softphone_timeout: float = 30.0,
                  on_call_end: Callable[[ClientCall], None] = lambda call: None,
-                 softphones: tuple[tuple[str, int | None], ...] = ()) -> None:
+                 softphones: tuple[tuple[str, int | None], ...] = (), reconnect_timeout: float = 30.0,
+                 on_reconnect: Callable[[ClientCall], None] = lambda call: None) -> None:
         self.host = host
         self.port = port
         self.media = media
         self.profiles = profiles
         self.softphone_timeout = softphone_timeout
+        self.reconnect_timeout = reconnect_timeout  # a call without its upstream leg ends after this
+        self.rejoin_attempt_timeout = 8.0  # no answer to a rejoin INVITE: place a new one
+        self._on_reconnect = on_reconnect  # a call lost its upstream leg, or got it back
+        # Upstream Call-ID -> (call, leg), for every leg a rejoin placed (stale ones too: a late 2xx is hung up).
+        self._legs: OrderedDict[str, tuple[ClientCall, UpstreamLeg]] = OrderedDict()
+        self._tunnel_ready = asyncio.Event()
         self.softphones = softphones  # (host, port or None); empty: any local program
         self.calls: dict[DialogKey, ClientCall] = {}
         # Calls just ended, so a retransmitted BYE (or its 200) still finds the softphone's contact.
@@ -157,7 +178,7 @@ class SoftphoneProxy:
                         "set sip.softphones to your softphone's address")
 
     async def close(self) -> None:
-        await self.tunnel_lost("client shutting down")
+        await self.tunnel_lost("client shutting down", rejoin=False)
         for task in (self._worker, self._watcher):
             if task is not None:
                 task.cancel()
@@ -170,6 +191,7 @@ class SoftphoneProxy:
 
     def tunnel_up(self, send: SendToServer) -> None:
         self._send = send
+        self._tunnel_ready.set()  # calls waiting to rejoin go now
 
     @property
     def active_call(self) -> ClientCall | None:
@@ -262,11 +284,14 @@ class SoftphoneProxy:
                 ok.append("Contact", f"{contact};expires={request.get('Expires') or '3600'}" if "expires" not in contact.lower() else contact)
             self._to_softphone(ok.to_bytes(), addr)
             return
+        call = self._find(request.call_id, request.from_tag)
+        if call is not None and call.dialog.gap and addr == call.softphone_address:
+            self._request_in_gap(call, request, addr)
+            return
         if self._send is None:
             if request.method != "ACK":
                 self._to_softphone(make_response(request, 503, headers=[("Warning", '399 stc "secure tunnel is down"')]).to_bytes(), addr)
             return
-        call = self._find(request.call_id, request.from_tag)
         if is_initial_invite(request) and call is None:
             call = await self._start_call(request, addr)
             if call is None:
@@ -279,6 +304,16 @@ class SoftphoneProxy:
             self._last_softphone = addr
             if (branch := request.top_via_branch) is not None:
                 self._remember_origin(branch, addr)
+            ended = self._find_ended(request.call_id, request.from_tag)
+            if ended is not None and addr == ended.softphone_address and ended.dialog.lost_since is not None:
+                # Retransmitted, the BYE that ended the call while it was reconnecting: answered as then.
+                if (answer := answer_in_gap(request)) is not None:
+                    self._to_softphone(answer.to_bytes(), addr)
+                return
+            if ended is not None and ended.leg is not None and addr == ended.softphone_address:
+                # A retransmitted BYE of a rejoined call: it belongs to the upstream dialog too.
+                request = request.copy()
+                ended.leg.request_up(request)
         if call is not None:
             if addr != call.softphone_address:
                 # Another local program speaking in this call's dialog: it is not this call's phone.
@@ -297,12 +332,31 @@ class SoftphoneProxy:
                         endpoint = audio_endpoint(sd)
                         self.media.set_softphone_media(call.stream_id, _local_if_unspecified(endpoint.address, addr),
                                                        endpoint.rtp_port, endpoint.rtcp_port)
+                        call.phone_sdp = request.body
                 except (RelayRefused, SdpError) as exc:
                     self._refuse(request, addr, 488, f"media cannot be relayed securely: {exc}")
                     return
-        await self._send(wire.SipMessage(request.to_bytes()))
+        upstream = request
+        if call is not None and call.leg is not None:  # the call was rejoined: speak the upstream dialog
+            upstream = request.copy()
+            call.leg.request_up(upstream)
+        try:
+            await self._send(wire.SipMessage(upstream.to_bytes()))
+        except TunnelError as exc:  # the tunnel just went: the phone retransmits, and tunnel_lost follows
+            log.info("%s from the softphone not sent: %s", request.method, exc)
+            return
         if request.method == "BYE" and call is not None:
             self._end_call(call, "you hung up")
+
+    def _request_in_gap(self, call: ClientCall, request: SipRequest, addr: Address) -> None:
+        """The softphone speaks while its call has no upstream leg: answered here, never queued."""
+        call.max_cseq = max(call.max_cseq, request.cseq[0])
+        call.alive_at = asyncio.get_running_loop().time()
+        answer = answer_in_gap(request)
+        if answer is not None:
+            self._to_softphone(answer.to_bytes(), addr)
+        if request.method == "BYE":
+            self._end_call(call, "you hung up while the call was reconnecting")
 
     def _remember_origin(self, branch: str, addr: Address) -> None:
         self._origins[branch] = addr
@@ -331,6 +385,7 @@ class SoftphoneProxy:
         contact = invite.get("Contact")
         call.softphone_contact = parse_name_addr(contact).uri if contact else f"sip:{addr[0]}:{addr[1]}"
         call.invite = invite.copy()
+        call.phone_sdp = invite.body if sd is not None else b""
         call.alive_at = asyncio.get_running_loop().time()
         try:
             call.ports = await self.media.open_call(stream_id)
@@ -379,9 +434,14 @@ class SoftphoneProxy:
                 if sd is not None:
                     endpoint = audio_endpoint(sd)
                     self.media.set_softphone_media(call.stream_id, endpoint.address, endpoint.rtp_port, endpoint.rtcp_port)
+                    call.phone_sdp = response.body
             except (RelayRefused, SdpError) as exc:
                 log.warning("softphone answer with SDP that cannot be relayed dropped: %s", exc)
                 return
+            if call.dialog.gap:
+                return  # the request it answers came on a leg that is gone
+            if call.leg is not None:
+                call.leg.response_up(response)
         if self._send is not None:
             await self._send(wire.SipMessage(response.to_bytes()))
         if call is not None and response.cseq[1] == "BYE":
@@ -401,7 +461,10 @@ class SoftphoneProxy:
             log.error("server refused the call's media: %s", message.reason)
             for call in list(self.calls.values()):
                 if call.stream_id == message.stream_id:
-                    self.media.close_call(call.stream_id)
+                    if call.dialog.gap:  # a rejoin refused: the call cannot come back
+                        self._give_up(call, f"the server refused the rejoined call's media: {message.reason}")
+                    else:
+                        self.media.close_call(call.stream_id)
         elif isinstance(message, wire.MediaEnd):
             for call in list(self.calls.values()):
                 if call.stream_id == message.stream_id:
@@ -422,10 +485,14 @@ class SoftphoneProxy:
             profile = SrtpProfile.parse(answer.profile)
             if profile not in self.profiles:
                 raise KeyAgreementError(f"server chose {answer.profile}, which we did not offer")
-            keys = call.agreement.derive(answer.public_key, call_id=call.call_id, stream_id=call.stream_id, profile=profile)
+            keys = call.agreement.derive(answer.public_key, call_id=call.upstream_call_id, stream_id=call.stream_id,
+                                         profile=profile)
         except (KeyAgreementError, ValueError) as exc:
             log.error("call %s: media keys refused: %s", call.call_id, exc)
-            self._end_call(call, "bad media answer")
+            if call.dialog.gap:
+                self._give_up(call, "bad media answer to the rejoin")
+            else:
+                self._end_call(call, "bad media answer")
             return
         call.agreement = None
         call.profile = profile
@@ -438,6 +505,8 @@ class SoftphoneProxy:
         except SipParseError as exc:
             self.drops["malformed-from-server"] += 1
             log.warning("malformed SIP from the server dropped: %s", exc)
+            return
+        if msg.call_id in self._legs and not await self._from_upstream_leg(msg):
             return
         # The softphone's tag is in From on responses to its requests, in To on Asterisk's requests.
         if isinstance(msg, SipResponse):
@@ -507,6 +576,8 @@ class SoftphoneProxy:
         number, method = response.cseq
         if method == "INVITE" and response.status >= 200:
             if response.status < 300:
+                if call.dialog.state in (CallState.EARLY, CallState.CONFIRMED):
+                    call.dialog.confirmed()
                 call.confirmed = True
                 call.to_header = response.get("To") or ""
                 call.started = call.started or datetime.now(timezone.utc)
@@ -604,6 +675,10 @@ class SoftphoneProxy:
             return
         del self.calls[call.key]
         call.end_reason = why
+        call.dialog.ended()
+        call.settled.set()
+        if call.rejoin is not None and call.rejoin is not asyncio.current_task():
+            call.rejoin.cancel()
         self.recently_ended[call.key] = call
         while len(self.recently_ended) > _MEMORY:
             self.recently_ended.popitem(last=False)
@@ -614,7 +689,7 @@ class SoftphoneProxy:
 
     async def _hang_up_towards_server(self, call: ClientCall, why: str) -> None:
         """A BYE (or CANCEL) as the softphone would send it, so Asterisk ends the call now."""
-        if self._send is None or call.invite is None:
+        if self._send is None or call.invite is None or call.dialog.gap:
             return
         invite = call.invite
         if call.confirmed:
@@ -635,18 +710,197 @@ class SoftphoneProxy:
             request.append("Call-ID", call.call_id)
             request.append("CSeq", f"{invite.cseq[0]} CANCEL")
         request.append("Content-Length", "0")
+        if call.leg is not None:  # the call was rejoined: the BYE is for the upstream dialog
+            call.leg.request_up(request)
         try:
             await self._send(wire.SipMessage(request.to_bytes()))
         except Exception as exc:  # the tunnel is going: the server hangs up what it carried
             log.debug("hang-up for call %s not sent: %s", call.call_id, exc)
 
-    async def tunnel_lost(self, why: str) -> None:
-        """The tunnel is gone: hang up every call towards its own softphone and free its media."""
+    async def tunnel_lost(self, why: str, *, rejoin: bool = True) -> None:
+        """The tunnel is gone. A call in the room is kept (the softphone hears nothing of it) and
+        rejoins once a tunnel is back; any other call, or every call with `rejoin` False, is hung
+        up towards its own softphone and its media freed."""
         self._send = None
+        self._tunnel_ready.clear()
+        now = asyncio.get_running_loop().time()
         for call in list(self.calls.values()):
+            if rejoin and call.profile is not None and call.dialog.leg_lost(now):
+                self._hold(call, why)
+                continue
             if call.confirmed and call.invite is not None:
                 self._to_softphone(self._bye_to_softphone(call, "stc tunnel lost").to_bytes(), call.softphone_address)
             self._end_call(call, f"the secure tunnel was lost ({why})")
+
+    def leg_lost(self, upstream_call_id: str, why: str) -> None:
+        """The server says Asterisk lost this call's channel (it restarted, or its node went away):
+        keep the softphone's call and rejoin, as after a lost tunnel."""
+        call = next((c for c in self.calls.values() if c.upstream_call_id == upstream_call_id), None)
+        if call is None or call.profile is None:
+            return
+        if call.dialog.leg_lost(asyncio.get_running_loop().time()):
+            self._hold(call, why)
+        else:
+            self._give_up(call, why)
+
+    # -- rejoining ------------------------------------------------------------
+    def _hold(self, call: ClientCall, why: str) -> None:
+        """The call lost its upstream leg: stop its media towards the server and start rejoining."""
+        try:
+            self.media.suspend(call.stream_id)
+        except KeyError:
+            pass
+        call.agreement = None
+        call.settled.set()  # a rejoin attempt in flight is over
+        if call.rejoin is None or call.rejoin.done():
+            call.rejoin = asyncio.create_task(self._keep_rejoining(call))
+        log.warning("call %s: lost its way to the conference (%s): the softphone's call is kept, rejoining",
+                    call.call_id, why)
+        self._on_reconnect(call)
+        self._on_change()
+
+    async def _keep_rejoining(self, call: ClientCall) -> None:
+        """Place a fresh INVITE for the room whenever a tunnel is up, until one is answered or
+        `reconnect_timeout` has passed since the leg was lost (then the softphone gets a BYE)."""
+        lost_since = call.dialog.lost_since
+        assert lost_since is not None
+        delay = 0.2
+        try:
+            async with asyncio.timeout_at(lost_since + self.reconnect_timeout):
+                while call.dialog.state is CallState.RECONNECTING:
+                    await self._tunnel_ready.wait()
+                    call.settled.clear()
+                    invite = await self._send_rejoin(call)
+                    if invite is not None:
+                        await self._await_rejoin(call, invite)
+                    if call.dialog.state is CallState.RECONNECTING:
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+        except TimeoutError:
+            if call.dialog.gap:
+                self._give_up(call, f"could not rejoin the conference within {self.reconnect_timeout:g} s")
+
+    async def _await_rejoin(self, call: ClientCall, invite: SipRequest) -> None:
+        """Wait for the rejoin's answer, sending the INVITE again now and then (the hop from the
+        server to Asterisk is UDP, and nobody else retransmits it)."""
+        waited, interval = 0.0, 0.5
+        while not call.settled.is_set() and waited < self.rejoin_attempt_timeout:
+            try:
+                async with asyncio.timeout(interval):
+                    await call.settled.wait()
+            except TimeoutError:
+                waited += interval
+                interval = min(interval * 2, 2.0)
+                if not call.settled.is_set() and call.dialog.state is CallState.REJOINING:
+                    await self._send_up(invite)
+        if not call.settled.is_set():
+            log.warning("call %s: no answer to the rejoin within %g s: trying again", call.call_id, waited)
+            call.dialog.rejoin_timed_out()
+
+    async def _send_rejoin(self, call: ClientCall) -> SipRequest | None:
+        """MEDIA_OFFER with a fresh key share, then an INVITE for the same room in a new dialog."""
+        if self._send is None or call.invite is None:
+            return None
+        if not call.phone_sdp:
+            self._give_up(call, "the call cannot be rejoined (the softphone's SDP is unknown)")
+            return None
+        leg = UpstreamLeg(call_id=f"{secrets.token_hex(16)}@stc-rejoin", local_tag=new_tag(),
+                          phone_call_id=call.call_id, phone_tag=call.softphone_tag,
+                          phone_far_tag=parse_name_addr(call.to_header).tag if call.to_header else None,
+                          invite_cseq=call.max_cseq + 1)
+        invite = leg.invite(call.invite, call.phone_sdp, via=self._new_via(),
+                            contact=f"<sip:stc@{self.host}:{self.port}>", replaces=call.in_room_as or call.call_id)
+        call.leg = leg
+        self._legs[leg.call_id] = (call, leg)
+        while len(self._legs) > _MEMORY:
+            self._legs.popitem(last=False)
+        agreement = KeyAgreement(Side.CLIENT)
+        call.agreement = agreement
+        call.dialog.rejoin_sent()
+        try:
+            await self._send(wire.MediaOffer(call.stream_id, leg.call_id, tuple(p.value for p in self.profiles),
+                                             agreement.public_bytes))
+            await self._send(wire.SipMessage(invite.to_bytes()))
+        except Exception as exc:  # the tunnel went again: tunnel_lost puts the call back to reconnecting
+            log.debug("rejoin of call %s not sent: %s", call.call_id, exc)
+            return None
+        log.info("call %s: rejoining room %s (new Call-ID %s, fresh media keys)", call.call_id, call.room, leg.call_id)
+        return invite
+
+    async def _from_upstream_leg(self, msg: SipRequest | SipResponse) -> bool:
+        """A message of a dialog a rejoin placed: the answer to our INVITE is ours; the rest is put
+        into the softphone's dialog (True: go on with it as with any message from the server)."""
+        call, leg = self._legs[msg.call_id]
+        if isinstance(msg, SipResponse) and leg.is_own_invite_answer(msg):
+            await self._rejoin_answer(call, leg, msg)
+            return False
+        live = self.calls.get(call.key) is call
+        # A call just ended still gets the answers to its last requests (the 200 to its BYE).
+        remembered = live or (self.recently_ended.get(call.key) is call and isinstance(msg, SipResponse))
+        if not remembered or call.leg is not leg or call.dialog.gap:
+            # A leg given up, or a call that is over: answered here, never the softphone's business.
+            if isinstance(msg, SipRequest) and msg.method != "ACK":
+                await self._send_up(make_response(msg, 200 if msg.method == "BYE" else 481))
+            return False
+        if isinstance(msg, SipResponse):
+            leg.response_down(msg)
+        else:
+            leg.request_down(msg, call.far_cseq)
+        return True
+
+    async def _rejoin_answer(self, call: ClientCall, leg: UpstreamLeg, response: SipResponse) -> None:
+        status = response.status
+        if status < 200:
+            return
+        live = self.calls.get(call.key) is call and call.leg is leg
+        if status < 300:
+            leg.remote_tag = response.to_tag
+            leg.to_header = response.get("To") or ""
+            if (contact := response.get("Contact")) is not None:
+                leg.remote_target = parse_name_addr(contact).uri
+            await self._send_up(leg.ack(self._new_via()))
+            if live and call.dialog.state is CallState.CONFIRMED:
+                return  # a retransmitted 2xx: our ACK was lost
+            if not live or call.dialog.state is not CallState.REJOINING:
+                # The call ended (or moved on) while this INVITE was out: leave the room again.
+                await self._send_up(leg.bye(self._new_via(), f"stc: {_quoted('the call this rejoin was for is over')}"))
+                return
+        else:
+            await self._send_up(leg.ack(leg.via, response))  # the ACK of a failure (hop by hop)
+            if not live or call.dialog.state is not CallState.REJOINING:
+                return
+        lost_since = call.dialog.lost_since
+        state = call.dialog.rejoin_answered(status)
+        call.settled.set()
+        if state is CallState.CONFIRMED:
+            call.in_room_as = leg.call_id
+            if lost_since is not None:
+                call.last_gap = asyncio.get_running_loop().time() - lost_since
+            log.info("call %s: back in room %s after %.1f s (Call-ID upstream %s)", call.call_id, call.room,
+                     call.last_gap or 0.0, leg.call_id)
+            self._on_reconnect(call)
+            self._on_change()
+        elif state is CallState.ENDED:
+            self._give_up(call, f"the conference did not take the call back ({status} {response.reason})")
+        else:
+            log.warning("call %s: rejoin answered %d %s: trying again", call.call_id, status, response.reason)
+
+    def _new_via(self) -> str:
+        return str(make_via(self.host, self.port, new_branch()))
+
+    async def _send_up(self, msg: SipRequest | SipResponse) -> None:
+        if self._send is None:
+            return
+        try:
+            await self._send(wire.SipMessage(msg.to_bytes()))
+        except Exception as exc:  # the tunnel is going: nothing upstream to tell
+            log.debug("SIP for the server not sent: %s", exc)
+
+    def _give_up(self, call: ClientCall, why: str) -> None:
+        """End a call for good: a BYE to its softphone (if it was answered), media freed."""
+        if call.confirmed and call.invite is not None:
+            self._to_softphone(self._bye_to_softphone(call, f"stc: {why}").to_bytes(), call.softphone_address)
+        self._end_call(call, why)
 
     def _bye_to_softphone(self, call: ClientCall, why: str) -> SipRequest:
         assert call.invite is not None

@@ -15,6 +15,8 @@ Snapshot schema (`ClientState.snapshot()`, JSON-ready, `schema` = 1):
     seq           int, grows by one on every change
     light         "red" | "yellow" | "green" | "amber"
     label         "Not connected" | "Connected, no call" | "In a secure call" | "In a call that is NOT private"
+                  | "Reconnecting" (yellow: the call is kept while stc-client rejoins the room)
+    reconnecting  {"since", "reason"} while the call's way to the conference is being restored, else null
                   (amber: in a call, but the roster lists an UNAUTHENTICATED channel or a listener)
     reason        human sentence: why red, or what yellow/green means
     reason_code   red: a TunnelRefused reason (server-unreachable,
@@ -49,7 +51,8 @@ Snapshot schema (`ClientState.snapshot()`, JSON-ready, `schema` = 1):
                   the current (or last) call showed, kept after it is gone: who joined and
                   left, UNAUTHENTICATED channels and how long they stayed, listeners and
                   what became of them. kind: "joined", "left", "unauthenticated",
-                  "unauthenticated-gone", "listener", "listener-changed", "listener-gone".
+                  "unauthenticated-gone", "listener", "listener-changed", "listener-gone",
+                  "reconnecting", "reconnected" (with the gap in seconds).
                   Cleared when the next call starts.
 """
 
@@ -198,12 +201,15 @@ class ClientState:
         self._roster_received_at: datetime | None = None
         self._rejection: RosterRejection | None = None
         self._history: list[dict[str, str]] = []
+        self._reconnecting: tuple[datetime, str] | None = None  # (since, why) while a kept call rejoins
         self._subscribers: set[StateSubscription] = set()
 
     # -- read ------------------------------------------------------------------
 
     @property
     def light(self) -> Light:
+        if self._reconnecting is not None and self._call is not None:
+            return "yellow"
         if not self._tunnel_up:
             return "red"
         if self._call is None:
@@ -248,23 +254,58 @@ class ClientState:
 
     # -- write (from the app) ----------------------------------------------------
 
-    def tunnel_down(self, reason_code: str, message: str) -> None:
+    def tunnel_down(self, reason_code: str, message: str, *, call_kept: bool = False) -> None:
         """No tunnel (red). `reason_code`: a TunnelRefused reason, or 'tunnel-closed'.
-        The call, the roster and its warnings end with the tunnel."""
+        The call, the roster and its warnings end with the tunnel, unless the call is kept
+        while it rejoins (`call_kept`: yellow, "reconnecting")."""
         self._tunnel_up = False
         self._reason_code = reason_code
         self._reason = message
         self._since = self._clock()
         self._server = None
         self._me = None
-        self._end_call()
+        if call_kept and self._call is not None:
+            self._start_reconnecting(message)
+        else:
+            self._end_call()
         self._changed()
+
+    def call_reconnecting(self, why: str) -> None:
+        """The call lost its way to the conference and is kept while stc-client rejoins (yellow)."""
+        if self._call is None or self._reconnecting is not None:
+            return
+        self._start_reconnecting(why)
+        self._changed()
+
+    def _start_reconnecting(self, why: str) -> None:
+        if self._reconnecting is None:
+            self._reconnecting = (self._clock(), why)
+            self._add_history("reconnecting", f"lost the way to the conference ({why}): reconnecting")
+
+    def call_rejoined(self, gap: float | None = None) -> None:
+        """Back in the room after a rejoin (green again); the history says how long it took."""
+        if self._reconnecting is None:
+            return
+        since, _ = self._reconnecting
+        self._reconnecting = None
+        seconds = gap if gap is not None else (self._clock() - since).total_seconds()
+        self._add_history("reconnected", f"back in the conference after {seconds:.1f} s")
+        if self._call is not None:
+            self._reason = f"in a secure call in room {self._call.room}, media protected with {self._call.srtp_profile}"
+        self._since = self._clock()
+        self._changed()
+
+    def _add_history(self, kind: str, message: str) -> None:
+        self._history.append({"at": iso_utc(self._clock()), "kind": kind, "message": message})
+        del self._history[:-MAX_HISTORY]
 
     def tunnel_up(self, server: PeerIdentity, me: Mapping[str, Any] | None = None) -> None:
         """The tunnel is up (yellow): `server` from its certificate, `me` as the server saw us."""
         self._tunnel_up = True
         self._reason_code = None
         self._reason = f"secure tunnel to {server.display_name} is up; no call"
+        if self._reconnecting is not None and self._call is not None:
+            self._reason = f"secure tunnel to {server.display_name} is up again; rejoining room {self._call.room}"
         self._since = self._clock()
         self._server = server
         self._me = dict(me) if me is not None else None
@@ -375,6 +416,7 @@ class ClientState:
         self._changed()
 
     def _end_call(self) -> None:
+        self._reconnecting = None
         self._media = None
         self._call = None
         self._roster = None
@@ -400,7 +442,9 @@ class ClientState:
             "schema": SCHEMA,
             "seq": self._seq,
             "light": light,
-            "label": LIGHT_LABELS[light],
+            "label": "Reconnecting" if self._reconnecting is not None and self._call is not None else LIGHT_LABELS[light],
+            "reconnecting": None if self._reconnecting is None or self._call is None
+            else {"since": iso_utc(self._reconnecting[0]), "reason": self._reconnecting[1]},
             "reason": self._not_private() if light == "amber" else self._reason,
             "reason_code": self._reason_code if light == "red" else None,
             "reason_label": REASON_LABELS.get(self._reason_code or "", self._reason_code) if light == "red" else None,

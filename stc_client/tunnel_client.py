@@ -57,8 +57,11 @@ class ClientTunnel:
         await self.stream.close(CloseCode.NORMAL, reason)
 
 
-async def open_tunnel(config: ClientConfig, *, capabilities: tuple[str, ...] = ()) -> ClientTunnel:
+async def open_tunnel(config: ClientConfig, *, capabilities: tuple[str, ...] = (),
+                      address: tuple[str, int] | None = None) -> ClientTunnel:
+    """A tunnel to `address` (default: server.host and server.port); the certificate must name server.name."""
     server = config.server
+    host, port = address or (server.host, server.port)
     ident = config.identity
     try:
         ctx = client_context(ident.cert, ident.key, ident.ca_bundle, pkcs12=ident.pkcs12,
@@ -69,22 +72,22 @@ async def open_tunnel(config: ClientConfig, *, capabilities: tuple[str, ...] = (
     try:
         async with asyncio.timeout(server.connect_timeout):
             reader, writer = await asyncio.open_connection(
-                server.host, server.port, ssl=ctx, server_hostname=server.expected_name,
+                host, port, ssl=ctx, server_hostname=server.expected_name,
                 ssl_handshake_timeout=server.connect_timeout,
             )
     except TimeoutError:
-        raise TunnelRefused("server-unreachable", f"no answer from {server.host}:{server.port} within {server.connect_timeout:g} s") from None
+        raise TunnelRefused("server-unreachable", f"no answer from {host}:{port} within {server.connect_timeout:g} s") from None
     except ssl.SSLCertVerificationError as exc:
         if exc.verify_code == X509_V_ERR_CERT_REVOKED:
             raise TunnelRefused("server-certificate-revoked",
-                                f"the server at {server.host}:{server.port} shows a certificate its CA has revoked "
+                                f"the server at {host}:{port} shows a certificate its CA has revoked "
                                 f"(it is on the CRL {ident.crl}): not connecting") from None
         raise TunnelRefused("server-certificate-rejected",
-                            f"the server at {server.host}:{server.port} is not trusted as {server.expected_name!r}: {describe_ssl_error(exc)}") from None
+                            f"the server at {host}:{port} is not trusted as {server.expected_name!r}: {describe_ssl_error(exc)}") from None
     except ssl.SSLError as exc:
-        raise TunnelRefused("tls-failed", f"TLS with {server.host}:{server.port} failed: {describe_ssl_error(exc)}") from None
+        raise TunnelRefused("tls-failed", f"TLS with {host}:{port} failed: {describe_ssl_error(exc)}") from None
     except OSError as exc:
-        raise TunnelRefused("server-unreachable", f"cannot connect to {server.host}:{server.port}: {exc.strerror or exc}") from None
+        raise TunnelRefused("server-unreachable", f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
 
     ssl_object = writer.get_extra_info("ssl_object")
     server_der = ssl_object.getpeercert(binary_form=True)
@@ -108,6 +111,6 @@ async def open_tunnel(config: ClientConfig, *, capabilities: tuple[str, ...] = (
             raise TunnelRefused("refused-by-server",
                                 f"the server refused this client's certificate ({exc}); the server's log says why") from None
         raise TunnelRefused("protocol-error", f"tunnel set-up failed: {exc.reason}: {exc}") from None
-    log.info("tunnel up to %s:%d: server %s, SHA-256 %s, protocol v%s", server.host, server.port,
+    log.info("tunnel up to %s:%d: server %s, SHA-256 %s, protocol v%s", host, port,
              server_identity.subject, server_identity.fingerprint_sha256, stream.connection.version)
     return ClientTunnel(server_identity, hello.peer, hello, stream, x509.load_der_x509_certificate(server_der))

@@ -28,6 +28,7 @@ class FrameType(enum.IntEnum):
     MEDIA_ANSWER = 0x21
     MEDIA_REJECT = 0x22
     MEDIA_END = 0x23
+    LEG_LOST = 0x24
     ROSTER = 0x30
 
 

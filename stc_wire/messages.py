@@ -252,6 +252,25 @@ class MediaEnd:
 
 
 @dataclass(frozen=True)
+class LegLost:
+    """Server -> client: Asterisk lost this call's channel through no one's decision (it restarted,
+    or its node went away). Unlike a BYE, the client keeps the softphone's call and rejoins the room.
+    `call_id`: the SIP Call-ID of the lost leg; `reason`: a short code ("asterisk-restart", "asterisk-lost")."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LEG_LOST
+    call_id: str
+    reason: str
+
+    def payload(self) -> bytes:
+        return _dump({"call_id": self.call_id, "reason": self.reason})
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "LegLost":
+        obj = _json(payload)
+        return cls(_field(obj, "call_id", str), _field(obj, "reason", str))
+
+
+@dataclass(frozen=True)
 class RosterUpdate:
     """Server -> client: a signed roster (encoding in stc_wire.roster)."""
 
@@ -268,10 +287,12 @@ class RosterUpdate:
         return cls(payload)
 
 
-Message = Union[Hello, Ping, Pong, Close, SipMessage, MediaOffer, MediaAnswer, MediaReject, MediaEnd, RosterUpdate]
+Message = Union[Hello, Ping, Pong, Close, SipMessage, MediaOffer, MediaAnswer, MediaReject, MediaEnd, RosterUpdate,
+                LegLost]
 
 _DECODERS: dict[FrameType, Any] = {
-    cls.TYPE: cls for cls in (Hello, Ping, Pong, Close, SipMessage, MediaOffer, MediaAnswer, MediaReject, MediaEnd, RosterUpdate)
+    cls.TYPE: cls for cls in (Hello, Ping, Pong, Close, SipMessage, MediaOffer, MediaAnswer, MediaReject, MediaEnd, RosterUpdate,
+                              LegLost)
 }
 
 

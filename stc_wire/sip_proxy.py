@@ -30,6 +30,8 @@ from .sip import (
 SDP_TYPE = "application/sdp"
 # Headers a client may never set: the server's per-call admission token travels in them.
 PRIVATE_HEADER_PREFIX = "x-stc-"
+# On a rejoin INVITE from stc-client: the Call-ID of the leg it replaces (see docs/protocol.md).
+REJOINS_HEADER = "X-STC-Rejoins"
 
 
 def proxy_branch(secret: str, incoming_branch: str | None, method: str) -> str:

@@ -145,6 +145,12 @@ class TunnelStream:
             self.connection.close(code, reason)
         await self._abort(code, reason)
 
+    def drop(self) -> None:
+        """Abort the connection at once (nothing more is sent or awaited)."""
+        if self._closed is None:
+            self._closed = CloseInfo(CloseCode.NORMAL, "dropped", False)
+        self._writer.transport.abort()
+
     async def _keepalive(self) -> None:
         while True:
             await asyncio.sleep(self._keepalive_interval)
@@ -216,6 +222,9 @@ class TunnelStream:
             self._writer.write(b"".join(self._outgoing))  # close() below sends it before closing
         self._outgoing.clear()
         self._queued = 0
+        if code == CloseCode.KEEPALIVE_TIMEOUT:
+            self._writer.transport.abort()  # the path is dead: waiting for a goodbye only delays what follows
+            return
         if not self._writer.is_closing():
             self._writer.close()
         try:

@@ -2,12 +2,13 @@
 an stc-server killed mid-call, and a forged STC_BINDING admits no one.
 
 The restart test runs the first stc-server as `stc-server --config` in its own process, so that
-SIGKILL really kills it: no BYE, no hang-up, no goodbye to Asterisk. Its clients' tunnels drop,
-and today's stc-client ends the softphones' calls when that happens (issue 13 item 2 changes
-that), but the Asterisk channels the dead server admitted stay in the ConfBridge: they are the
-participants a restarted server must recognise. The restarted server runs in the test's loop,
-where its conference state and every roster it signs can be seen; a new participant who joins
-through it must get rosters naming everyone by certificate, and nobody may be ejected.
+SIGKILL really kills it: no BYE, no hang-up, no goodbye to Asterisk. Its clients' tunnels drop;
+the clients keep the softphones' calls and rejoin through the restarted server, whose rejoined
+legs replace the channels the dead server admitted (those stay in the ConfBridge until then:
+they are the participants a restarted server must recognise meanwhile). The restarted server
+runs in the test's loop, where its conference state and every roster it signs can be seen; a
+new participant who joins through it must get rosters naming everyone by certificate, and
+nobody may be ejected or shown UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ async def test_killed_server_restarted_keeps_every_participant_with_its_certific
                 await client.tunnel_up.wait()
         async with AmiClient() as ami:
             since = ami.mark()
-            for user in ("alice", "bob"):
-                caller(sipp_callers, stack, user).start()
+            phones = [caller(sipp_callers, stack, user) for user in ("alice", "bob")]
+            for phone in phones:
+                phone.start()
             joins = await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 2, timeout=30, since=since)
             await wait_until(lambda: all((r := latest(c)) is not None and names(r) == ["Alice", "Bob"]
                                          for c in stack.clients.values()), 10, "Alice and Bob on both rosters")
@@ -135,13 +137,20 @@ async def test_killed_server_restarted_keeps_every_participant_with_its_certific
                 return {e.channel_id: e.identity["fingerprint_sha256"] if e.identity else None
                         for e in rooms.conference.entries(ROOM)}
 
-            await wait_until(lambda: set(identified()) == set(admitted) and all(identified().values()), 5,
+            everyone = {fingerprint(pki, user) for user in admitted.values()}
+            await wait_until(lambda: set(identified().values()) == everyone, 5,
                              "both participants identified by the restarted server")
             took = loop.time() - started
             assert took < 5.0, f"identified {took:.1f} s after the restart"
-            # Each channel carries the identity of the certificate that called in on it.
-            assert identified() == {uid: fingerprint(pki, user) for uid, user in admitted.items()}
+            # Each channel of the dead server carries the identity of the certificate that called in on it.
+            assert all(identified()[uid] == fingerprint(pki, user) for uid, user in admitted.items() if uid in identified())
             logging.getLogger(__name__).info("participants identified %.2f s after the restart", took)
+            # The softphones did nothing: their calls rejoined, and the rejoined legs replaced the old channels.
+            await wait_until(lambda: len(identified()) == 2 and not set(identified()) & set(admitted), 10,
+                             "the rejoined legs replaced the dead server's channels")
+            assert set(identified().values()) == everyone
+            for phone in phones:  # no BYE ever reached them: their calls went on
+                assert phone.running and "BYE sip:" not in phone.messages(), phone.describe()
 
             # A new participant, through the restarted server: her rosters name everyone by certificate.
             stack.server = restarted

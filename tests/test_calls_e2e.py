@@ -79,20 +79,28 @@ async def test_hangup_from_asterisk_reaches_softphone_as_bye(asterisk_lab: str, 
         await wait_until(lambda: not stack.clients["alice"].softphone.calls, 5, "client call released")
 
 
-async def test_tunnel_loss_mid_call_hangs_up_both_sides(asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
+async def test_tunnel_loss_mid_call_keeps_the_softphones_call_and_rejoins(
+        asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller]) -> None:
     async with stc_stack(pki, ("alice",)) as stack, AmiClient() as ami:
         since = ami.mark()
         alice = caller(sipp_callers, stack, "alice", scenario=UAC_WAIT_BYE, codec=Codec.PCMA)
         alice.start()
         await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=since)
         await wait_until(lambda: stack.clients["alice"].state.light == "green", 10, "green")
-        # The tunnel dies under the call (server side closes it, as a network cut would).
+        # The tunnel dies under the call (server side closes it, as a network cut would): the server
+        # ends its Asterisk leg; the client keeps the softphone's call and rejoins with a new one.
+        mark = ami.mark()
         [peer] = stack.server.tunnels.peers.values()  # type: ignore[union-attr]
         peer.stream._writer.transport.abort()  # noqa: SLF001
-        await ami.wait_for(event_is("ConfbridgeLeave", Conference=ROOM), timeout=20, since=since)
-        assert await alice.wait_async(20) == 0, alice.describe()  # the softphone got a BYE
+        await ami.wait_for(event_is("ConfbridgeLeave", Conference=ROOM), timeout=20, since=mark)
+        await ami.wait_for(event_is("ConfbridgeJoin", Conference=ROOM), timeout=20, since=mark)
+        await wait_until(lambda: stack.clients["alice"].state.light == "green", 10, "green again")
+        assert alice.running, alice.describe()  # no BYE: the softphone's call goes on
+        assert len(await ami.confbridge_list(ROOM)) == 1  # the old channel left, no ghost
+        # Closing the client is a hang-up: the softphone gets its BYE then.
+        await stack.clients["alice"].close()
+        assert await alice.wait_async(20) == 0, alice.describe()
         await wait_until(lambda: stack.server.media.open_calls == 0, 5, "server media released")
-        await wait_until(lambda: not stack.clients["alice"].softphone.calls, 5, "client call released")
 
 
 async def test_eavesdropper_on_the_wan_hop_learns_nothing(asterisk_lab: str, pki: TestPki, sipp_callers: Callable[..., SippCaller],

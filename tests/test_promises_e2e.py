@@ -325,8 +325,13 @@ async def test_another_local_program_can_neither_end_the_call_nor_receive_its_by
             answer = await asyncio.wait_for(loop.sock_recv(other, 4096), 3)
             assert answer.startswith(b"SIP/2.0 403 ")
             assert stack.clients["alice"].softphone.calls and len(await ami.confbridge_list(ROOM)) == 1  # no SDP: refused, and nothing more
+            # The tunnel dies and the call rejoins (a new dialog upstream); then a kick ends it:
+            # its BYE, put back into the phone's dialog, reaches alice's phone and no other program.
+            mark = ami.mark()
             [peer] = stack.server.tunnels.peers.values()  # type: ignore[union-attr]
             peer.stream._writer.transport.abort()  # noqa: SLF001 - the tunnel dies
+            [rejoined] = await ami.wait_for_count(event_is("ConfbridgeJoin", Conference=ROOM), 1, timeout=20, since=mark)
+            await ami.action({"Action": "ConfbridgeKick", "Conference": ROOM, "Channel": rejoined["Channel"]})
             assert await alice.wait_async(20) == 0, alice.describe()  # the BYE reached alice's phone
             received = []
             try:
