@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import base64
 import fcntl
+import json
 import logging
 import math
 import multiprocessing as mp
@@ -52,7 +53,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -159,9 +160,11 @@ def bench_conf(directory: Path) -> Path:
 
 
 @contextmanager
-def bench_lab(conf: Path) -> Iterator[None]:
-    """The lab, held exclusively, booted with `conf`; afterwards stopped, or booted again with the
-    shipped config if it was running when we took it (never left running with the bench config)."""
+def lab_lock(held: bool) -> Iterator[None]:
+    """The tests' lock on the lab for the whole run (`held`: the caller, e.g. a test, holds it)."""
+    if held:
+        yield
+        return
     LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(LAB_LOCK, "w") as lock:
         try:
@@ -169,6 +172,14 @@ def bench_lab(conf: Path) -> Iterator[None]:
         except BlockingIOError:
             print(f"waiting for the Asterisk lab ({LAB_LOCK} is held: tests or another benchmark)", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def bench_lab(conf: Path, lock_held: bool = False) -> Iterator[None]:
+    """The lab, held exclusively, booted with `conf`; afterwards stopped, or booted again with the
+    shipped config if it was running when we took it (never left running with the bench config)."""
+    with lab_lock(lock_held):
         was_running = _lab("status", timeout=30).returncode == 0
         if was_running:
             _lab("stop", timeout=60)
@@ -211,8 +222,15 @@ def rss_kb(pid: int) -> int:
 
 # ---------------------------------------------------------------- the stc-server process
 
-def server_process(pki: BenchPki, single_port: bool, conn: Connection) -> None:
+def server_process(pki: BenchPki, single_port: bool, batch_ms: float, conn: Connection) -> None:
     logging.basicConfig(level=logging.WARNING, format="server %(levelname)s %(name)s: %(message)s")
+    if batch_ms:  # an experiment: the relay drains its sockets on a timer (stc_wire.readiness)
+        from functools import partialmethod
+
+        from stc_asterisk import media
+
+        media.MediaRelay.__init__ = partialmethod(  # type: ignore[method-assign]
+            media.MediaRelay.__init__, batch_interval=batch_ms / 1000)
     asyncio.run(_serve(pki, single_port, conn))
 
 
@@ -289,6 +307,7 @@ class Heard:
 
     arrivals_ns: list[int] = field(default_factory=list)
     bad: int = 0  # failed SRTP authentication or not RTP
+    voiced: int = 0  # packets carrying sound (the talkers' tone through the mix), not silence
 
 
 class MediaPump(threading.Thread):
@@ -314,12 +333,13 @@ class MediaPump(threading.Thread):
             due = t0 + rnd * PERIOD_S + phases[index]
             while due <= now:
                 leg = legs[index]
-                if leg.destination is not None:
+                destination, protect = leg.destination, leg.protect  # set and cleared by the loop's thread
+                if destination is not None:
                     leg.seq = (leg.seq + 1) & 0xFFFF
                     packet = header.pack(0x80, PCMA, leg.seq, (leg.sent * FRAME) & 0xFFFFFFFF, leg.ssrc) \
                         + leg.frames[leg.sent % len(leg.frames)]
                     try:
-                        leg.sock.sendto(packet if leg.protect is None else leg.protect(packet), leg.destination)
+                        leg.sock.sendto(packet if protect is None else protect(packet), destination)
                         leg.sent += 1
                     except (OSError, SrtpDropped):
                         pass
@@ -345,15 +365,19 @@ class MediaPump(threading.Thread):
                 continue
             if len(data) < 12 or data[0] >> 6 != 2 or 192 <= data[1] <= 223:
                 continue  # RTCP (muxed) or not RTP: not counted
-            if listener.unprotect is not None:
+            unprotect = listener.unprotect
+            plain = data
+            if unprotect is not None:
                 try:
-                    plain = listener.unprotect(data)
+                    plain = unprotect(data)
                 except SrtpDropped:
                     self.heard.bad += 1
                     continue
-                if len(plain) != 12 + FRAME:
-                    self.heard.bad += 1
-                    continue
+            if len(plain) != 12 + FRAME:
+                self.heard.bad += 1
+                continue
+            if len(set(plain[12:])) > 12:
+                self.heard.voiced += 1
             self.heard.arrivals_ns.append(arrived)
 
 
@@ -542,6 +566,7 @@ class Run:
     loss_pct: float = float("nan")
     jitter_p99_ms: float = float("nan")
     bad: int = 0
+    voiced: int = 0
     load: float = float("nan")
 
 
@@ -580,11 +605,12 @@ async def run_once(mode: str, n: int, repeat: int, args: argparse.Namespace, pki
         if mode == "stc":
             context = mp.get_context("spawn")
             conn, child = context.Pipe()
-            server = context.Process(target=server_process, args=(pki, args.single_port, child), daemon=True)
+            server = context.Process(target=server_process, args=(pki, args.single_port, args.server_batch_ms, child), daemon=True)
             server.start()
             if not conn.poll(60):
                 raise RuntimeError("stc-server did not start")
             server_port, server_pid = conn.recv()
+            log.warning("stc-server pid %d", server_pid)
             for start in range(0, n, JOIN_BATCH):
                 batch = []
                 for i in range(start, min(start + JOIN_BATCH, n)):
@@ -630,7 +656,7 @@ async def run_once(mode: str, n: int, repeat: int, args: argparse.Namespace, pki
             run.server_rss_kb = rss_kb(server_pid)
         await asyncio.sleep(0.2)  # the last packets of the window
         heard = pump.heard
-        run.received, run.bad = len(heard.arrivals_ns), heard.bad
+        run.received, run.bad, run.voiced = len(heard.arrivals_ns), heard.bad, heard.voiced
         expected = args.seconds / PERIOD_S
         run.loss_pct = max(0.0, 100 * (1 - run.received / expected))
         gaps = [abs(b - a - PERIOD_S * 1e9) / 1e6 for a, b in zip(heard.arrivals_ns, heard.arrivals_ns[1:])]
@@ -713,7 +739,12 @@ def main() -> None:
     parser.add_argument("--talkers", type=int, default=2, help="participants sending a tone (the others silence)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of stc,sdes,plain")
     parser.add_argument("--single-port", action="store_true", help="the stc-server with [media] single_port")
+    parser.add_argument("--server-batch-ms", type=float, default=0.0,
+                        help="experiment: the stc-server's relay drains on a timer of this many ms")
     parser.add_argument("--quiet", action="store_true", help="only warnings from the clients")
+    parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
+    parser.add_argument("--lab-held", action="store_true",
+                        help="the caller already holds the lab's lock (a test); do not take it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -730,7 +761,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stc-whole-stack-") as tmp:
         workdir = Path(tmp)
         pki = make_pki(workdir, max(sizes), "ec-p256")
-        with bench_lab(bench_conf(workdir)):
+        with bench_lab(bench_conf(workdir), args.lab_held):
             for n in sizes:
                 for repeat in range(1, args.repeats + 1):
                     # Alternate the order between repeats, so a drift in the machine's load spreads over the modes.
@@ -744,6 +775,8 @@ def main() -> None:
                               f"(loss {run.loss_pct:.2f} %, jitter p99 {run.jitter_p99_ms:.2f} ms), load {run.load:.2f}, "
                               f"{time.monotonic() - started:.0f} s", flush=True)
     report(runs)
+    if args.json is not None:
+        args.json.write_text(json.dumps([asdict(run) for run in runs], indent=1), encoding="utf-8")
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end (others share this machine)")
 
 
