@@ -82,6 +82,27 @@ ASTERISK_SIP = (LOCAL, 5080)
 ROOM = "1000"
 SOURCE = {"sdes": "127.0.0.3", "plain": "127.0.0.4", "stc": LOCAL}  # the phones' SIP/media address
 MODES = ("stc", "sdes", "plain")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A mode as named on the command line: `stc`, `sdes`, `plain`, or a variant of the stc-server,
+    `stc+2ms` (its relay drains its sockets on a 2 ms timer, `MediaRelay(batch_interval=...)`)
+    and/or `stc-1port` (`[media] single_port`), e.g. `stc-1port+1ms`."""
+
+    label: str
+    base: str
+    batch_ms: float = 0.0
+    single_port: bool = False
+
+    @classmethod
+    def parse(cls, label: str) -> Mode:
+        base, _, batch = label.partition("+")
+        single = base.endswith("-1port")
+        base = base.removesuffix("-1port")
+        if base not in MODES or ((batch or single) and base != "stc") or (batch and not batch.endswith("ms")):
+            raise ValueError(f"unknown mode {label!r} (stc, sdes, plain, stc+Nms, stc-1port, stc-1port+Nms)")
+        return cls(label, base, float(batch[:-2]) if batch else 0.0, single)
 PROFILE = SrtpProfile.AES_CM_128_HMAC_SHA1_80
 PERIOD_S = 0.020
 PCMA = 8
@@ -590,8 +611,9 @@ async def _join_all(phones: list[Phone], legs: list[Leg], targets: list[tuple[st
         await asyncio.gather(*(join(i) for i in range(start, min(start + JOIN_BATCH, len(phones)))))
 
 
-async def run_once(mode: str, n: int, repeat: int, args: argparse.Namespace, pki: BenchPki) -> Run:
-    run = Run(mode, n, repeat, args.seconds)
+async def run_once(variant: Mode, n: int, repeat: int, args: argparse.Namespace, pki: BenchPki) -> Run:
+    run = Run(variant.label, n, repeat, args.seconds)
+    mode = variant.base
     host = SOURCE[mode]
     legs = open_legs(n, host, args.talkers)
     phones = [Phone(i, host) for i in range(n)]
@@ -605,7 +627,7 @@ async def run_once(mode: str, n: int, repeat: int, args: argparse.Namespace, pki
         if mode == "stc":
             context = mp.get_context("spawn")
             conn, child = context.Pipe()
-            server = context.Process(target=server_process, args=(pki, args.single_port, args.server_batch_ms, child), daemon=True)
+            server = context.Process(target=server_process, args=(pki, variant.single_port, variant.batch_ms, child), daemon=True)
             server.start()
             if not conn.poll(60):
                 raise RuntimeError("stc-server did not start")
@@ -698,35 +720,40 @@ def _spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 
 def report(runs: list[Run]) -> None:
     print("\nevery run (CPU in % of one core; per participant = / N):")
-    print(f"{'mode':6} {'N':>4} {'rep':>3} {'load':>5} {'server %':>8} {'srv/p %':>8} {'ast %':>7} {'ast/p %':>8} "
+    print(f"{'mode':12} {'N':>4} {'rep':>3} {'load':>5} {'server %':>8} {'srv/p %':>8} {'ast %':>7} {'ast/p %':>8} "
           f"{'srv RSS MB':>10} {'ast RSS MB':>10} {'gen %':>6} {'heard':>6} {'loss %':>7} {'jit p99 ms':>10} {'bad':>4}")
     for r in runs:
-        print(f"{r.mode:6} {r.n:4d} {r.repeat:3d} {r.load:5.2f} {100 * r.server_cpu:8.2f} {100 * r.server_cpu / r.n:8.4f} "
+        print(f"{r.mode:12} {r.n:4d} {r.repeat:3d} {r.load:5.2f} {100 * r.server_cpu:8.2f} {100 * r.server_cpu / r.n:8.4f} "
               f"{100 * r.asterisk_cpu:7.2f} {100 * r.asterisk_cpu / r.n:8.4f} {r.server_rss_kb / 1024:10.1f} "
               f"{r.asterisk_rss_kb / 1024:10.1f} {100 * r.generator_cpu:6.1f} {r.received:6d} {r.loss_pct:7.2f} "
               f"{r.jitter_p99_ms:10.2f} {r.bad:4d}")
     print("\nper participant, % of a core: median (min-max) over repeats; ratio = stc-server / (Asterisk SDES - Asterisk plain), per repeat")
-    print(f"{'N':>4} | {'stc-server':>22} | {'Asterisk behind stc':>22} | {'Asterisk SDES':>22} | {'Asterisk plain':>22} | "
-          f"{'SDES - plain':>22} | {'ratio':>18}")
+    labels = list(dict.fromkeys(r.mode for r in runs))
+    stc_labels = [label for label in labels if label.startswith("stc")]
+    print(f"{'N':>4} {'stc mode':12} | {'stc-server':>22} | {'Asterisk behind stc':>22} | {'Asterisk SDES':>22} | "
+          f"{'Asterisk plain':>22} | {'SDES - plain':>22} | {'ratio':>18}")
     for n in sorted({r.n for r in runs}):
-        by = {mode: [r for r in runs if r.n == n and r.mode == mode] for mode in MODES}
-        ratios, added = [], []
+        by = {label: [r for r in runs if r.n == n and r.mode == label] for label in labels}
+        added: list[float] = []
+        ratios: dict[str, list[float]] = {label: [] for label in stc_labels}
         for repeat in sorted({r.repeat for r in runs if r.n == n}):
             one = {r.mode: r for r in runs if r.n == n and r.repeat == repeat}
             if {"sdes", "plain"} <= one.keys():
                 extra = one["sdes"].asterisk_cpu - one["plain"].asterisk_cpu
                 added.append(extra / n)
-                if "stc" in one and extra > 0:
-                    ratios.append(one["stc"].server_cpu / extra)
-        print(f"{n:4d} | {_spread([r.server_cpu / n for r in by['stc']], 100):>22} | "
-              f"{_spread([r.asterisk_cpu / n for r in by['stc']], 100):>22} | "
-              f"{_spread([r.asterisk_cpu / n for r in by['sdes']], 100):>22} | "
-              f"{_spread([r.asterisk_cpu / n for r in by['plain']], 100):>22} | {_spread(added, 100):>22} | "
-              f"{_spread(ratios, 1, 2):>18}")
+                for label in stc_labels:
+                    if label in one and extra > 0:
+                        ratios[label].append(one[label].server_cpu / extra)
+        for label in stc_labels or ["stc"]:
+            print(f"{n:4d} {label:12} | {_spread([r.server_cpu / n for r in by.get(label, [])], 100):>22} | "
+                  f"{_spread([r.asterisk_cpu / n for r in by.get(label, [])], 100):>22} | "
+                  f"{_spread([r.asterisk_cpu / n for r in by.get('sdes', [])], 100):>22} | "
+                  f"{_spread([r.asterisk_cpu / n for r in by.get('plain', [])], 100):>22} | {_spread(added, 100):>22} | "
+                  f"{_spread(ratios.get(label, []), 1, 2):>18}")
     print("\nat the listener: loss % / jitter p99 ms, median (min-max)")
     for n in sorted({r.n for r in runs}):
-        parts = [f"{mode} {_spread([r.loss_pct for r in runs if r.n == n and r.mode == mode], 1, 2)} / "
-                 f"{_spread([r.jitter_p99_ms for r in runs if r.n == n and r.mode == mode], 1, 2)}" for mode in MODES]
+        parts = [f"{label} {_spread([r.loss_pct for r in runs if r.n == n and r.mode == label], 1, 2)} / "
+                 f"{_spread([r.jitter_p99_ms for r in runs if r.n == n and r.mode == label], 1, 2)}" for label in labels]
         print(f"{n:4d}: " + "; ".join(parts))
 
 
@@ -737,10 +764,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per run")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after the last join before measuring")
     parser.add_argument("--talkers", type=int, default=2, help="participants sending a tone (the others silence)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of stc,sdes,plain")
-    parser.add_argument("--single-port", action="store_true", help="the stc-server with [media] single_port")
-    parser.add_argument("--server-batch-ms", type=float, default=0.0,
-                        help="experiment: the stc-server's relay drains on a timer of this many ms")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="comma-separated: stc, sdes, plain, and stc variants: stc+Nms (the relay drains on an "
+                             "N ms timer), stc-1port ([media] single_port), stc-1port+Nms")
     parser.add_argument("--quiet", action="store_true", help="only warnings from the clients")
     parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
     parser.add_argument("--lab-held", action="store_true",
@@ -749,9 +775,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    modes = [m for m in args.modes.split(",") if m]
-    if unknown := set(modes) - set(MODES):
-        raise SystemExit(f"unknown modes: {', '.join(sorted(unknown))}")
+    try:
+        modes = [Mode.parse(m) for m in args.modes.split(",") if m]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     if max(sizes) > 240:
         raise SystemExit("at most 240 participants: the lab's Asterisk has 500 RTP ports (asterisk-conf/rtp.conf)")
     print(f"whole stack: N = {sizes}, {args.repeats} repeat(s) of {args.seconds:g} s measured, {args.talkers} talker(s); "
@@ -770,7 +797,7 @@ def main() -> None:
                         started = time.monotonic()
                         run = asyncio.run(run_once(mode, n, repeat, args, pki))
                         runs.append(run)
-                        print(f"  {mode:5} N={n:3d} repeat {repeat}: server {100 * run.server_cpu:6.2f} %, "
+                        print(f"  {mode.label:5} N={n:3d} repeat {repeat}: server {100 * run.server_cpu:6.2f} %, "
                               f"Asterisk {100 * run.asterisk_cpu:6.2f} %, listener heard {run.received} "
                               f"(loss {run.loss_pct:.2f} %, jitter p99 {run.jitter_p99_ms:.2f} ms), load {run.load:.2f}, "
                               f"{time.monotonic() - started:.0f} s", flush=True)
