@@ -217,6 +217,10 @@ def bench_rtpengine(calls: int, seconds: float, threads: int) -> Row:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+            errors = [line for line in (Path(tmp) / "rtpengine.log").read_text(errors="replace").splitlines()
+                      if "ERR" in line or "WARN" in line or "CRIT" in line]
+            if errors:
+                print(f"rtpengine logged {len(errors)} warnings or errors, the last: {errors[-3:]}")
     sent = sum(f.sent for f in flows)
     received = sum(r.received for r in receivers)
     latencies = [lat for r in receivers for lat in r.latencies_ns]
