@@ -64,7 +64,8 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measured_process(role: str, loop_name: str, cpu: int | None, conn: Connection, batch: float | None = None) -> None:
+def measured_process(role: str, loop_name: str, cpu: int | None, conn: Connection, batch: float | None = None,
+                     single_port: bool = False) -> None:
     """Runs the relay (role 'server') or the client media (role 'client'), driven by `conn`."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
@@ -74,16 +75,16 @@ def measured_process(role: str, loop_name: str, cpu: int | None, conn: Connectio
         runner = uvloop.run
     else:
         runner = asyncio.run
-    runner(_serve(role, conn, batch))
+    runner(_serve(role, conn, batch, single_port))
 
 
-async def _serve(role: str, conn: Connection, batch: float | None) -> None:
+async def _serve(role: str, conn: Connection, batch: float | None, single_port: bool = False) -> None:
     from stc_asterisk.media import MediaRelay
     from stc_client.media import ClientMedia
 
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    relay = MediaRelay(wan_host=HOST, pbx_host=HOST, batch_interval=batch)
+    relay = MediaRelay(wan_host=HOST, pbx_host=HOST, batch_interval=batch, single_port=0 if single_port else None)
     client = ClientMedia(HOST, wan_bind_host=HOST)
 
     async def command(message: tuple) -> object:
@@ -245,6 +246,14 @@ def drive(
     window = (t0 + int(WARMUP_S * 1e9), t0 + int((WARMUP_S + seconds) * 1e9))
     marked = False
     driver_cpu, driver_cpu_end = 0.0, None
+    # Many receiving sockets (single port: one per call): read only the ready ones.
+    ready: select.epoll | None = None
+    by_fd: dict[int, Receiver] = {}
+    if len(receivers) > 8:
+        ready = select.epoll()
+        for receiver in receivers:
+            by_fd[receiver.sock.fileno()] = receiver
+            ready.register(receiver.sock.fileno(), select.EPOLLIN)
     stop_sending = window[1]
     index, rnd = 0, 0
     phases = [i * PERIOD_NS // n for i in range(n)]
@@ -279,10 +288,16 @@ def drive(
             if index == n:
                 index, rnd = 0, rnd + 1
             due = t0 + rnd * PERIOD_NS + phases[index]
-        for receiver in receivers:
-            _drain(receiver, window)
+        if ready is None:
+            for receiver in receivers:
+                _drain(receiver, window)
+        else:
+            for fd, _ in ready.poll(0):
+                _drain(by_fd[fd], window)
         wait_s = (min(due, stop_sending + int(GRACE_S * 1e9)) - time.time_ns()) / 1e9
         time.sleep(min(max(wait_s, MIN_SLEEP_S), MAX_SLEEP_S))
+    if ready is not None:
+        ready.close()
     return window, ((driver_cpu_end or _cpu_s()) - driver_cpu) / seconds
 
 
@@ -318,10 +333,11 @@ class Row:
     kernel_share: float = float("nan")  # the part of the relay's CPU spent in the kernel
 
 
-def _start(role: str, loop_name: str, cpu: int | None, batch: float | None = None) -> tuple[mp.process.BaseProcess, Connection]:
+def _start(role: str, loop_name: str, cpu: int | None, batch: float | None = None,
+           single_port: bool = False) -> tuple[mp.process.BaseProcess, Connection]:
     context = mp.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=measured_process, args=(role, loop_name, cpu, child, batch), daemon=True)
+    process = context.Process(target=measured_process, args=(role, loop_name, cpu, child, batch, single_port), daemon=True)
     process.start()
     if not parent.poll(30) or parent.recv() != "ready":
         raise RuntimeError("measured process did not start")
@@ -362,32 +378,61 @@ def _result(loop_name: str, calls: int, window: tuple[int, int], marks: list[tup
     )
 
 
-def bench_server(loop_name: str, calls: int, seconds: float, pin: bool, profile: SrtpProfile, batch: float | None) -> Row:
-    process, conn = _start("server", loop_name, 0 if pin else None, batch)
+def bench_server(loop_name: str, calls: int, seconds: float, pin: bool, profile: SrtpProfile, batch: float | None,
+                 single_port: bool = False) -> Row:
+    """With `single_port`, the relay takes every call's SRTP on one wan port and tells calls apart by
+    source address, so every synthetic client sends from a socket of its own."""
+    process, conn = _start("server", loop_name, 0 if pin else None, batch, single_port)
     try:
         keys = _keys(calls, profile)
         client_sock, asterisk_sock = _udp(), _udp()
+        client_socks = [_udp(256 << 10) for _ in range(calls)] if single_port else [client_sock] * calls
         ports, rss_kb = _ask(conn, ("open_server", keys, asterisk_sock.getsockname()))  # type: ignore[misc]
         flows, unprotectors = [], {}
         for n, ((wan_rtp, pbx_rtp), call_keys) in enumerate(zip(ports, keys)):
-            flows.append(Flow(TO_PLAIN_SSRC_BASE + n, client_sock, (HOST, wan_rtp),
+            flows.append(Flow(TO_PLAIN_SSRC_BASE + n, client_socks[n], (HOST, wan_rtp),
                               SrtpProtector(profile, call_keys.client_to_server_srtp, call_keys.client_to_server_srtcp)))
             flows.append(Flow(TO_SECURE_SSRC_BASE + n, asterisk_sock, (HOST, pbx_rtp), None))
             unprotectors[TO_SECURE_SSRC_BASE + n] = SrtpUnprotector(
                 profile, call_keys.server_to_client_srtp, call_keys.server_to_client_srtcp)
         by_ssrc = {flow.ssrc: flow for flow in flows}
-        receivers = [Receiver(asterisk_sock, by_ssrc), Receiver(client_sock, by_ssrc, unprotectors)]
+        receivers = [Receiver(asterisk_sock, by_ssrc)] + [
+            Receiver(sock, by_ssrc, unprotectors) for sock in (client_socks if single_port else [client_sock])]
         marks: list[tuple] = []
+        if single_port:
+            _bind_sources([flow for flow in flows if flow.protector is not None], calls / 8 * 0.1, receivers[1:])
         window, driver_core = drive(flows, receivers, seconds, lambda: marks.append(_ask(conn, ("mark",))))  # type: ignore[arg-type]
         marks.append(_ask(conn, ("mark",)))  # type: ignore[arg-type]
         _ask(conn, ("quit",))
-        client_sock.close()
+        for sock in {client_sock, *client_socks}:
+            sock.close()
         asterisk_sock.close()
         return _result(loop_name, calls, window, marks, flows, receivers, rss_kb, driver_core)
     finally:
         process.join(10)
         if process.is_alive():
             process.kill()
+
+
+def _bind_sources(flows: list[Flow], seconds: float, receivers: list[Receiver]) -> None:
+    """Single port: the relay binds a new source by trying pending calls' keys, 8 per packet; the
+    clients send alone first until every call is bound. Otherwise Asterisk's packets to a client not
+    yet bound are dropped before the translator numbers them, and the relay's sequence numbers no
+    longer match the driver's (which it matches arrivals by)."""
+    header = struct.Struct("!BBHII")
+    filler = bytes(PAYLOAD - 8)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for flow in flows:
+            flow.seq = (flow.seq + 1) & 0xFFFF
+            stamp = time.time_ns()
+            flow.sent_at[flow.seq & 1023] = stamp
+            packet = header.pack(0x80, 0, flow.seq, flow.seq * 160, flow.ssrc) + stamp.to_bytes(8, "big") + filler
+            assert flow.protector is not None and flow.destination is not None
+            flow.sock.sendto(flow.protector.protect_rtp(packet), flow.destination)
+        for receiver in receivers:
+            _drain(receiver, (0, 0))
+        time.sleep(PERIOD_NS / 1e9)
 
 
 def bench_direct(calls: int, seconds: float, pin: bool) -> Row:
@@ -506,6 +551,9 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true", help="relay on CPU 0, driver on CPU 1")
     parser.add_argument("--batch-ms", default="0",
                         help="comma-separated MediaRelay(batch_interval=...) values in ms; 0 = none")
+    parser.add_argument("--single-port", action="store_true",
+                        help="the relay with every call's wan media on one port ([media] single_port), each "
+                             "synthetic client on a socket of its own; rows labelled LOOP-1port")
     parser.add_argument("--hot-path", action="store_true",
                         help="only measure the hot path alone (queued datagrams, no wake-ups)")
     args = parser.parse_args()
@@ -538,12 +586,13 @@ def main() -> None:
     variants = [(loop_name, batch) for loop_name in loops for batch in batches]
 
     def label(loop_name: str, batch_ms: float) -> str:
-        return loop_name if not batch_ms else f"{loop_name}+{batch_ms:g}ms"
+        name = f"{loop_name}-1port" if args.single_port else loop_name
+        return name if not batch_ms else f"{name}+{batch_ms:g}ms"
 
     rows: list[Row] = []
     for calls in counts:
         for loop_name, batch_ms in variants:
-            row = bench_server(loop_name, calls, args.seconds, pin, profile, batch_ms / 1000 or None)
+            row = bench_server(loop_name, calls, args.seconds, pin, profile, batch_ms / 1000 or None, args.single_port)
             row.loop = label(loop_name, batch_ms)
             rows.append(row)
             _print([row], f"server relay, {calls} calls, {row.loop}")
