@@ -69,6 +69,9 @@ TOKEN_HEADER = "X-STC-Token"
 # Seconds a BYE from Asterisk waits to see whether Asterisk is going away (a restart sends
 # every channel's BYE first, then drops AMI and ARI within a moment).
 ASTERISK_LOSS_GRACE = 1.5
+# When a rejoin's answer comes, and again this long after the one before, the leg it replaces
+# is looked for in the room (a restarted server reads the room's members back within seconds).
+RETIRE_LOOKS = (0.0, 2.0, 3.0)
 
 
 DialogKey = tuple[str, str]  # (Call-ID, the client side's tag)
@@ -365,29 +368,41 @@ class TunnelCalls:
         finally:
             self._held_byes.discard(call.key)
 
-    async def _retire_replaced_leg(self, old_call_id: str) -> None:
+    async def _retire_replaced_leg(self, old_call_id: str, room: str) -> None:
         """A rejoined call is in the room: hang up the leg it replaces if that is still there (its
-        stc-server died with it), but only a channel admitted for this tunnel's own certificate."""
+        stc-server died with it), but only a channel admitted for this tunnel's own certificate.
+        Looked for again a little later too: a restarted server may not have read the room yet."""
+        for delay in RETIRE_LOOKS:
+            await asyncio.sleep(delay)
+            if await self._retire_once(old_call_id, room):
+                return
+
+    async def _retire_once(self, old_call_id: str, room: str) -> bool:
         rooms = self.app.rooms
         if rooms is None:
-            return
+            return True
         mine = self.peer.identity.fingerprint_sha256
+        # Candidates: this certificate's channels in the room, and any not identified yet (a few
+        # ARI look-ups, not one per member).
+        candidates = [e.channel_id for e in rooms.conference.entries(room)
+                      if e.identity is None or e.identity.get("fingerprint_sha256") == mine]
         try:
-            for channel in await rooms.ari.get_channels():
-                channel_id = str(channel.get("id", ""))
-                if not channel_id or await rooms.ari.get_channel_variable(channel_id, "CHANNEL(pjsip,call-id)") != old_call_id:
+            for channel_id in candidates:
+                if await rooms.ari.get_channel_variable(channel_id, "CHANNEL(pjsip,call-id)") != old_call_id:
                     continue
                 value = await rooms.ari.get_channel_variable(channel_id, BINDING_VARIABLE)
                 binding = rooms.binding_verifier.verify_channel(value or "", channel=channel_id, call_id=old_call_id)
                 if binding.identity.fingerprint_sha256 != mine:
                     log.warning("[%s] rejoin names channel %s of another certificate: left alone", self.peer.id, channel_id)
-                    return
+                    return True
                 log.info("[%s] hanging up channel %s: the rejoined call %s replaces it", self.peer.id, channel_id,
                          old_call_id)
                 await rooms.ari.hangup_channel(channel_id)
-                return
+                return True
         except Exception as exc:  # ARI down, a channel gone meanwhile, a binding refused: nothing to retire
             log.info("[%s] the leg %s a rejoin replaces was not retired: %s", self.peer.id, old_call_id, exc)
+            return True
+        return False
 
     async def _watch_asterisk(self) -> None:
         """Asterisk gone without a word (killed, its machine lost: AMI and ARI both down): every
@@ -433,7 +448,7 @@ class TunnelCalls:
         if method == "INVITE" and response.status >= 200:
             if 200 <= response.status < 300:
                 if not call.confirmed and call.rejoins:
-                    self._spawn(self._retire_replaced_leg(call.rejoins))
+                    self._spawn(self._retire_replaced_leg(call.rejoins, call.room))
                 call.confirmed = True
                 call.to_tag = response.to_tag
                 if call.invite is not None and response.to_tag:
