@@ -70,6 +70,9 @@ TOKEN_HEADER = "X-STC-Token"
 # Seconds a BYE from Asterisk waits to see whether Asterisk is going away (a restart sends
 # every channel's BYE first, then drops AMI and ARI within a moment).
 ASTERISK_LOSS_GRACE = 1.5
+# When a rejoin's answer comes, and again this long after the one before, the leg it replaces
+# is looked for in the room (a restarted server reads the room's members back within seconds).
+RETIRE_LOOKS = (0.0, 2.0, 3.0)
 
 
 DialogKey = tuple[str, str]  # (Call-ID, the client side's tag)
@@ -171,7 +174,7 @@ class TunnelCalls:
         elif isinstance(message, wire.MediaEnd):
             self._release_by_stream(message.stream_id)
         elif isinstance(message, wire.RosterUpdate) and self.app.rooms is not None:
-            self.app.rooms.resync(self.peer, message.data)  # passed on to the room's node  # a client out of step asks for the full roster
+            self.app.rooms.resync(self.peer, message.data)  # a client out of step; passed on to the room's node
         else:
             log.debug("[%s] ignoring %s", self.peer.id, type(message).__name__)
 
@@ -373,28 +376,40 @@ class TunnelCalls:
 
     async def _retire_replaced_leg(self, call: ServerCall) -> None:
         """A rejoined call is in the room: hang up the leg it replaces if that is still there (its
-        stc-server died with it), but only a channel admitted for this tunnel's own certificate."""
-        old_call_id = call.rejoins
-        rooms = self._node_service(call)
+        stc-server died with it), but only a channel admitted for this tunnel's own certificate.
+        Looked for again a little later too: a restarted server may not have read the room yet."""
+        for delay in RETIRE_LOOKS:
+            await asyncio.sleep(delay)
+            if await self._retire_once(call):
+                return
+
+    async def _retire_once(self, call: ServerCall) -> bool:
+        old_call_id, room = call.rejoins, call.room
+        rooms = self._node_service(call)  # the node the room (and so the old leg) is on
         if rooms is None or not old_call_id:
-            return
+            return True
         mine = self.peer.identity.fingerprint_sha256
+        # Candidates: this certificate's channels in the room, and any not identified yet (a few
+        # ARI look-ups, not one per member).
+        candidates = [e.channel_id for e in rooms.conference.entries(room)
+                      if e.identity is None or e.identity.get("fingerprint_sha256") == mine]
         try:
-            for channel in await rooms.ari.get_channels():
-                channel_id = str(channel.get("id", ""))
-                if not channel_id or await rooms.ari.get_channel_variable(channel_id, "CHANNEL(pjsip,call-id)") != old_call_id:
+            for channel_id in candidates:
+                if await rooms.ari.get_channel_variable(channel_id, "CHANNEL(pjsip,call-id)") != old_call_id:
                     continue
                 value = await rooms.ari.get_channel_variable(channel_id, BINDING_VARIABLE)
                 binding = rooms.binding_verifier.verify_channel(value or "", channel=channel_id, call_id=old_call_id)
                 if binding.identity.fingerprint_sha256 != mine:
                     log.warning("[%s] rejoin names channel %s of another certificate: left alone", self.peer.id, channel_id)
-                    return
+                    return True
                 log.info("[%s] hanging up channel %s: the rejoined call %s replaces it", self.peer.id, channel_id,
                          old_call_id)
                 await rooms.ari.hangup_channel(channel_id)
-                return
+                return True
         except Exception as exc:  # ARI down, a channel gone meanwhile, a binding refused: nothing to retire
             log.info("[%s] the leg %s a rejoin replaces was not retired: %s", self.peer.id, old_call_id, exc)
+            return True
+        return False
 
     async def _watch_asterisk(self) -> None:
         """Asterisk gone without a word (killed, its machine lost: AMI and ARI both down): every
