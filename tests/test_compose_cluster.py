@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -156,27 +156,69 @@ def test_the_two_rooms_live_on_different_nodes_and_every_roster_holds_exactly_it
                 (server, room, log[-3000:])
 
 
+def phones_never_hung_up(cluster: Cluster, participants: Iterable[str]) -> None:
+    """Each SIPp softphone still runs its one call and never received a BYE (its message log)."""
+    for participant in participants:
+        state = cluster.compose("ps", "--format", "{{.State}}", f"{participant}-phone").strip()
+        assert state == "running", (participant, state)
+        messages = cluster.compose("exec", "-T", f"{participant}-phone", "cat", "/tmp/sipp-messages.log", check=False)
+        assert not re.search(r"^BYE sip:", messages, re.MULTILINE), (participant, messages[-3000:])
+
+
+def wait_in_room(cluster: Cluster, participants: Iterable[str], seconds: float) -> float:
+    """Seconds until every one of `participants` is green in its room with its full roster."""
+    t0 = time.monotonic()
+    waiting = set(participants)
+    while waiting and time.monotonic() - t0 < seconds:
+        waiting = {p for p in waiting if not in_room(cluster, p)}
+        if waiting:
+            time.sleep(0.5)
+    assert not waiting, {p: cluster.status(p) for p in waiting}
+    return time.monotonic() - t0
+
+
 def test_killing_one_asterisk_node_leaves_the_other_nodes_room_untouched(cluster: Cluster) -> None:
     before = cluster.compose("exec", "-T", "asterisk-b", *ASTERISK_RX, "confbridge list 1000")
     channels = sorted(re.findall(r"^(PJSIP/\S+)", before, re.MULTILINE))
     assert len(channels) == 3, before
     cluster.compose("kill", "asterisk")  # room 1002's node; not restarted (killed by hand)
 
-    # Dave is told: his roster's state is unknown (or his call is gone), within 30 s.
+    # Dave is told (yellow: reconnecting), and his call rejoins room 1002 on the node that is
+    # left (placement passes over a node that is down), with no action by his softphone.
     deadline = time.monotonic() + 30
     told = False
     while time.monotonic() < deadline and not told:
         status = cluster.status("dave")
         roster = status["roster"]
-        told = status["call"] is None or (isinstance(roster, dict) and roster["state"] == "unknown")
+        told = status["light"] == "yellow" or (isinstance(roster, dict) and roster["state"] == "unknown")
         # Meanwhile room 1000 stays as it was, every second.
         for participant in ("alice", "bob", "carol"):
             assert in_room(cluster, participant), (participant, cluster.status(participant))
-        time.sleep(1)
+        time.sleep(0.5)
     assert told, cluster.status("dave")
-    for _ in range(10):  # and for a while after
+    gap = wait_in_room(cluster, ["dave"], 30)
+    logger.info("dave back in room 1002 %.1f s after he was told", gap)
+    assert cluster.bridge("asterisk-b", "1002") == ["dave"]
+    for _ in range(5):  # and room 1000 for a while after
         for participant in ("alice", "bob", "carol"):
             assert in_room(cluster, participant), (participant, cluster.status(participant))
         time.sleep(1)
     after = cluster.compose("exec", "-T", "asterisk-b", *ASTERISK_RX, "confbridge list 1000")
     assert sorted(re.findall(r"^(PJSIP/\S+)", after, re.MULTILINE)) == channels, after
+    phones_never_hung_up(cluster, PARTICIPANTS)
+
+
+def test_killing_one_stc_server_moves_its_clients_to_the_other_with_their_calls_up(cluster: Cluster) -> None:
+    """alice, bob and carol tunnel to stc-server and list stc-server-b in `[server] hosts`."""
+    movers = [p for p, (_, _, _, server) in PARTICIPANTS.items() if server == "stc-server"]
+    cluster.compose("kill", "stc-server")  # not restarted (killed by hand)
+    t0 = time.monotonic()
+    back = wait_in_room(cluster, movers, 10)
+    logger.info("alice, bob and carol back in room 1000 through stc-server-b %.1f s after the kill", back)
+    log = cluster.compose("logs", "--no-color", "stc-server-b")
+    connected = set(re.findall(r"client connected from \S+: CN=([^,]+),", log))
+    assert {PARTICIPANTS[p][0] for p in movers} <= connected, log[-3000:]
+    assert cluster.bridge("asterisk-b", "1000") == ["alice", "bob", "carol"]
+    assert in_room(cluster, "dave"), cluster.status("dave")
+    phones_never_hung_up(cluster, PARTICIPANTS)
+    assert time.monotonic() - t0 < 60
