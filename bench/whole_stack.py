@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/whole_stack.py                       # N = 50, 100, 200; 3 repeats
     .venv/bin/python bench/whole_stack.py --sizes 50 --repeats 1 --seconds 10   # a quick run
+    .venv/bin/python bench/whole_stack.py --modes stc,stc+2ms,stc-1port,sdes,plain  # stc-server variants (see Mode)
 
 Every participant sends 20 ms PCMA (50 packets a second); `--talkers` of them carry a tone, the
 others silence (a room where everyone talks at once re-signs the roster on every talking change,
