@@ -78,6 +78,7 @@ LAB_SCRIPT = REPO / "scripts" / "asterisk-lab.sh"
 LAB_LOCK = Path("/run/lock/stc-asterisk-lab.lock")  # the tests' lock (tests/conftest.py)
 LAB_ROOT = Path(os.environ.get("STC_LAB_ROOT", "/var/lib/stc-lab/sid"))
 ASTERISK_PID_FILE = LAB_ROOT / "run" / "asterisk" / "asterisk.pid"
+LAB_CONF = LAB_ROOT / "etc" / "stc-asterisk"  # where scripts/asterisk-lab.sh installs the config
 LOCAL = "127.0.0.1"
 ASTERISK_SIP = (LOCAL, 5080)
 ROOM = "1000"
@@ -215,6 +216,9 @@ def bench_lab(conf: Path, lock_held: bool = False) -> Iterator[None]:
             _lab("stop", timeout=60)
             if was_running:
                 _lab("start", timeout=300)
+            else:  # every start installs the config again; meanwhile the root holds the shipped one
+                for name in ("pjsip.conf", "extensions.conf"):
+                    shutil.copy2(REPO / "asterisk-conf" / name, LAB_CONF / name)
 
 
 def asterisk_pid() -> int:
