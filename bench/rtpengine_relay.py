@@ -170,6 +170,8 @@ def start_rtpengine(workdir: Path, threads: int) -> tuple[subprocess.Popen[bytes
     deadline = time.monotonic() + 10
     while not ng.ping():
         if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()  # never leave one behind
+            process.wait(5)
             raise SystemExit(f"rtpengine did not start: {(workdir / 'rtpengine.log').read_text()[-2000:]}")
         time.sleep(0.1)
     return process, ng

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/whole_stack.py                       # N = 50, 100, 200; 3 repeats
     .venv/bin/python bench/whole_stack.py --sizes 50 --repeats 1 --seconds 10   # a quick run
+    .venv/bin/python bench/whole_stack.py --modes stc,stc+2ms,stc-1port,sdes,plain  # stc-server variants (see Mode)
 
 Every participant sends 20 ms PCMA (50 packets a second); `--talkers` of them carry a tone, the
 others silence (a room where everyone talks at once re-signs the roster on every talking change,
@@ -77,6 +78,7 @@ LAB_SCRIPT = REPO / "scripts" / "asterisk-lab.sh"
 LAB_LOCK = Path("/run/lock/stc-asterisk-lab.lock")  # the tests' lock (tests/conftest.py)
 LAB_ROOT = Path(os.environ.get("STC_LAB_ROOT", "/var/lib/stc-lab/sid"))
 ASTERISK_PID_FILE = LAB_ROOT / "run" / "asterisk" / "asterisk.pid"
+LAB_CONF = LAB_ROOT / "etc" / "stc-asterisk"  # where scripts/asterisk-lab.sh installs the config
 LOCAL = "127.0.0.1"
 ASTERISK_SIP = (LOCAL, 5080)
 ROOM = "1000"
@@ -214,6 +216,9 @@ def bench_lab(conf: Path, lock_held: bool = False) -> Iterator[None]:
             _lab("stop", timeout=60)
             if was_running:
                 _lab("start", timeout=300)
+            else:  # every start installs the config again; meanwhile the root holds the shipped one
+                for name in ("pjsip.conf", "extensions.conf"):
+                    shutil.copy2(REPO / "asterisk-conf" / name, LAB_CONF / name)
 
 
 def asterisk_pid() -> int:

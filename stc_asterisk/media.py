@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from stc_wire.demux import SourceDemux
 from stc_wire.media_keys import CallKeys
+from stc_wire.readiness import SHARED_DRAIN_LIMIT
 from stc_wire.readiness import DatagramReadiness as _Readiness
 from stc_wire.rtp import InboundPath, OutboundPath, PlainPeer, RelayStats, SecurePeer, bind_udp_pair
 from stc_wire.srtp import SrtpProtector, SrtpUnprotector
@@ -252,7 +253,8 @@ class MediaRelay:
                 raise
             sock.setblocking(False)
             self._single = sock
-            self._readiness.add(sock, self.demux.handle)
+            # Every call's inbound media: drained until empty, not 16 at a time like a call's own sockets.
+            self._readiness.add(sock, self.demux.handle, drain_limit=SHARED_DRAIN_LIMIT)
             logger.info("media: every call's SRTP/SRTCP on %s:%s", self.wan_host, sock.getsockname()[1])
         return self._single
 

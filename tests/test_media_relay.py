@@ -24,7 +24,8 @@ from stc_asterisk.media import MediaRelay, UnknownCall
 from stc_client.media import ClientMedia
 from stc_wire.media_keys import CallKeys, KeyAgreement, Side
 from stc_wire.rtp import RelayStats, bind_udp_pair
-from stc_wire.srtp import SrtpDropped, SrtpProfile, SrtpUnprotector
+from stc_wire.readiness import DRAIN_LIMIT
+from stc_wire.srtp import SrtpDropped, SrtpProfile, SrtpProtector, SrtpUnprotector
 
 HOST = "127.0.0.1"
 WAIT = 2.0  # seconds any single expected packet or counter may take on a busy 2-core box
@@ -464,6 +465,40 @@ async def test_single_port_relays_both_ways_refuses_strangers_and_follows_a_rebi
         assert r.relay._calls["c1"].client_rtp.address == new_address  # noqa: SLF001
         assert r.server_stats().drops == 0 and r.relay.stats("c2").inbound_packets == 0
     assert r.relay.single_port is None  # closed with the relay
+
+
+async def test_the_single_port_is_drained_in_one_wakeup_beyond_a_call_sockets_limit() -> None:
+    """The single port holds every call's inbound media: one wake-up reads all of it, not the
+    DRAIN_LIMIT a call's own socket gets (else, with many calls, it falls behind and overflows)."""
+    async with rig(single_port=0) as r:
+        port = r.relay.single_port
+        assert port is not None
+        await r.softphone_says(1)
+        readiness = r.relay._readiness  # noqa: SLF001
+        assert readiness is not None and readiness._epoll is not None  # noqa: SLF001
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(readiness._epoll.fileno())  # noqa: SLF001 - no loop wake-ups: one dispatch by hand
+        protect = SrtpProtector(r.keys.profile, r.keys.client_to_server_srtp, r.keys.client_to_server_srtcp).protect_rtp
+        count = 4 * DRAIN_LIMIT
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.bind((HOST, 0))  # an authentic source the relay re-latches to (as after a NAT rebinding)
+        try:
+            for seq in range(100, 100 + count):
+                sender.sendto(protect(rtp_packet(seq, payload_type=8, ssrc=0x33333333, payload=os.urandom(160))),
+                              (HOST, port))
+            await asyncio.sleep(0.2)  # all queued in the kernel
+            readiness._dispatch()  # noqa: SLF001 - one wake-up
+            got = []
+            while True:
+                try:
+                    got.append(r.asterisk_rtp.recv(2048))
+                except BlockingIOError:
+                    break
+        finally:
+            sender.close()
+            loop.add_reader(readiness._epoll.fileno(), readiness._dispatch)  # noqa: SLF001
+        assert [int.from_bytes(packet[2:4], "big") for packet in got] == list(range(100, 100 + count))
+        assert r.server_stats().drops == 0
 
 
 async def test_plain_packets_from_strangers_are_dropped() -> None:
