@@ -20,7 +20,7 @@ from .media import ClientMedia
 from .dialog import CallState
 from .roster_view import ClientRosters
 from .softphone import ClientCall, SoftphoneProxy
-from .srv import SrvError, lookup_srv
+from .srv import SrvError, lookup_srv, resolver_address, try_order
 from .state import ClientState, MediaCounters, listener_message
 from .tunnel_client import ClientTunnel, TunnelRefused, open_tunnel
 from .window_secret import load_or_create_secret
@@ -235,7 +235,9 @@ class ClientApp:
         found: list[tuple[str, int]] = []
         if server.srv_domain:
             try:
-                found = [(r.target, r.port) for r in await lookup_srv(f"_stc._tcp.{server.srv_domain}")]
+                resolver = resolver_address(server.srv_resolver) if server.srv_resolver else None
+                records = await lookup_srv(f"_stc._tcp.{server.srv_domain}", resolver=resolver)
+                found = [(r.target, r.port) for r in try_order(records)]
             except SrvError as exc:
                 log.warning("no SRV records for _stc._tcp.%s (%s): using the configured servers", server.srv_domain, exc)
         for address in [(server.host, server.port), *(server_address(entry) for entry in server.hosts)]:

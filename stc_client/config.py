@@ -8,6 +8,7 @@ from pathlib import Path
 
 from stc_wire.config import check_log_level, check_srtp_profiles, port_ok
 
+from .srv import resolver_address
 from .window_secret import default_secret_path
 
 
@@ -23,6 +24,9 @@ class ServerSettings:
     hosts: tuple[str, ...] = ()
     # A DNS domain whose _stc._tcp SRV records list the servers (tried before host and hosts).
     srv_domain: str = ""
+    # The DNS server asked for those records, "host" or "host:port" (default: the first
+    # nameserver in /etc/resolv.conf); for a deployment's own DNS, or where resolv.conf has none.
+    srv_resolver: str = ""
     connect_timeout: float = 10.0
     # A PING every keepalive_interval; nothing received for keepalive_timeout: the path is dead,
     # the tunnel is dropped and calls start rejoining (a few seconds, so a blip is caught fast).
@@ -46,6 +50,8 @@ class ServerSettings:
             raise ValueError(f"port: {self.port} is not a TCP port")
         for entry in self.hosts:
             server_address(entry)
+        if self.srv_resolver:
+            resolver_address(self.srv_resolver)
         if self.reconnect_timeout <= 0:
             raise ValueError("reconnect_timeout: must be positive")
         if self.keepalive_timeout <= self.keepalive_interval:

@@ -1,9 +1,11 @@
 """DNS SRV records (RFC 2782) for `_stc._tcp.<domain>`: a tiny query builder and answer parser,
-and one UDP query to the system's first resolver. Pure functions plus a thin asyncio shell."""
+the order to try them in, and one UDP query to a resolver (the system's first unless one is given).
+Pure functions plus a thin asyncio shell."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import socket
 import struct
@@ -69,8 +71,8 @@ def _read_name(packet: bytes, offset: int) -> tuple[str, int]:
 
 
 def parse_answer(packet: bytes, query_id: int) -> list[SrvRecord]:
-    """The SRV records of an answer, best first (lowest priority, then highest weight).
-    RFC 2782's weighted random choice is left out: servers of one priority are tried in weight order."""
+    """The SRV records of an answer, sorted by priority, then highest weight (a stable listing;
+    try_order() gives the order to connect in)."""
     if len(packet) < 12:
         raise SrvError("answer shorter than a DNS header")
     rid, flags, qdcount, ancount = struct.unpack(">HHHH", packet[:8])
@@ -104,6 +106,40 @@ def parse_answer(packet: bytes, query_id: int) -> list[SrvRecord]:
     return sorted(records, key=lambda r: (r.priority, -r.weight, r.target))
 
 
+def try_order(records: list[SrvRecord], rng: random.Random | None = None) -> list[SrvRecord]:
+    """The order RFC 2782 says to try `records` in: lowest priority first; within one priority a
+    weighted random pick, repeated over those left (weight 0: picked first only by chance, rarely)."""
+    pick = rng or random.SystemRandom()
+    ordered: list[SrvRecord] = []
+    for priority in sorted({record.priority for record in records}):
+        # Weight-0 records first in the running sums, as RFC 2782 lays out, so they keep a small chance.
+        left = sorted((r for r in records if r.priority == priority), key=lambda r: r.weight != 0)
+        while left:
+            chosen = pick.randint(0, sum(r.weight for r in left))
+            running = 0
+            for index, record in enumerate(left):
+                running += record.weight
+                if running >= chosen:
+                    ordered.append(left.pop(index))
+                    break
+    return ordered
+
+
+def resolver_address(entry: str) -> tuple[str, int]:
+    """ "192.0.2.53" -> ("192.0.2.53", 53); "127.0.0.1:5353" -> (..., 5353); "[::1]:53" -> ("::1", 53)."""
+    text = entry.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else "53"
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:  # a bare IPv4 address, name, or IPv6 address
+        host, port_text = text, "53"
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"srv_resolver: {entry!r} is not host or host:port")
+    return host, int(port_text)
+
+
 def system_resolver(resolv_conf: Path = Path("/etc/resolv.conf")) -> str:
     try:
         for line in resolv_conf.read_text(encoding="utf-8").splitlines():
@@ -129,13 +165,17 @@ class _OneAnswer(asyncio.DatagramProtocol):
 
 
 async def lookup_srv(name: str, *, resolver: tuple[str, int] | None = None, timeout: float = 3.0) -> list[SrvRecord]:
-    """The SRV records of `name`, best first; SrvError when there are none or no answer came."""
+    """The SRV records of `name` as parse_answer() lists them; SrvError when there are none or no answer came."""
     host, port = resolver or (system_resolver(), 53)
     loop = asyncio.get_running_loop()
     query_id = secrets.randbelow(65536)
     answer: asyncio.Future[bytes] = loop.create_future()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    transport, _ = await loop.create_datagram_endpoint(lambda: _OneAnswer(answer), remote_addr=(host, port), family=family)
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: _OneAnswer(answer), remote_addr=(host, port),
+                                                           family=family)
+    except OSError as exc:  # a resolver name that does not resolve, no route to it
+        raise SrvError(f"cannot ask {host}:{port}: {exc.strerror or exc}") from None
     try:
         transport.sendto(build_query(name, query_id))
         async with asyncio.timeout(timeout):
