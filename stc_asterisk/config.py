@@ -135,7 +135,13 @@ class AsteriskSettings(AsteriskNode):
     # The only addresses FastAGI connections are served from (empty: every node's sip_host and
     # loopback), and the sessions at once from one of them.
     fastagi_allowed: tuple[str, ...] = ()
-    fastagi_sessions_per_source: int = 50
+    # Why a cap: an allowed address that opens sessions and never finishes them (a stuck or hostile
+    # dialplan, a loopback neighbour) must not use up this server's sockets and tasks for the others;
+    # the server as a whole takes this many per Asterisk node. Why 400: every admission is one
+    # session and all of them come from the node's one address, so a 200-participant room joining
+    # at once holds up to 200 (the old 50 refused the rest, and a refused admission hangs the call
+    # up); twice that leaves room for a second room's burst on the same node.
+    fastagi_sessions_per_source: int = 400
     # Off only for a server that relays calls without watching rooms (no roster, no admission).
     watch_conferences: bool = True
     # Several Asterisk nodes ([[asterisk.nodes]], each with name, sip_*, ari_*, ami_*): a room

@@ -118,6 +118,7 @@ class RoomService:
         self.admission = make_admission_handler(self.lookup_token, self.policy, self.on_admit, on_refuse=self.on_refuse)
         self.fastagi = FastAgiServer(ast.fastagi_host, ast.fastagi_port, {"stc-admit": self.admission},
             allowed_sources=ast.fastagi_sources(), max_sessions_per_source=ast.fastagi_sessions_per_source,
+            max_sessions=ast.fastagi_sessions_per_source * len(ast.node_list()),  # every node its full share
             reuse_port=config.tunnel.reuse_port)  # processes sharing the tunnel port share this one too
         node = self.node
         # ARI gives an application's events to one websocket only (a newer one takes them over), so

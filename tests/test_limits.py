@@ -17,6 +17,7 @@ from stack import client_config, server_config
 from stc_asterisk.app import ServerApp
 from stc_asterisk.config import LimitSettings, MediaSettings
 from stc_asterisk.limits import BoundedDict, OfferGate, OfferLimits, RefusalLog, SourceGate, Strikes, TokenBook
+from stc_asterisk.rooms import RoomService
 from stc_client.tunnel_client import ClientTunnel, open_tunnel
 from stc_wire.media_keys import KeyAgreement, Side
 from stc_wire.messages import MediaAnswer, MediaOffer, MediaReject, Message, SipMessage
@@ -261,3 +262,27 @@ async def test_media_ports_stay_in_the_configured_ranges(pki: TestPki) -> None:
         await tunnel.close()
     finally:
         await app.close()
+
+
+async def test_the_default_fastagi_caps_take_a_200_participant_join_burst_from_one_asterisk(pki: TestPki) -> None:
+    """Every admission is a FastAGI session from the one Asterisk: 200 at once (a big room joining)
+    are all served with the default settings, none refused for the source or the total."""
+    config = server_config(pki)
+    config.asterisk.fastagi_port = 0
+    rooms = RoomService(ServerApp(config), config.asterisk)  # not started: only its FastAGI listens
+    await rooms.fastagi.start()
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(200):  # each waits for its header: a session held open, as a slow admission is
+            _, writer = await asyncio.open_connection("127.0.0.1", rooms.fastagi.port)
+            writers.append(writer)
+        async with asyncio.timeout(4):  # the sessions wait 5 s for a header before they are dropped
+            while rooms.fastagi.counters.active < 200 and not (rooms.fastagi.counters.refused
+                                                               or rooms.fastagi.counters.refused_per_source):
+                await asyncio.sleep(0.02)
+        counters = rooms.fastagi.counters
+        assert (counters.active, counters.refused, counters.refused_per_source) == (200, 0, 0)
+    finally:
+        for writer in writers:
+            writer.close()
+        await rooms.fastagi.close()
