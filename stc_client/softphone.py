@@ -66,6 +66,7 @@ Address = tuple[str, int]
 DialogKey = tuple[str, str]  # (Call-ID, the softphone's tag)
 _MEMORY = 256  # ended calls and transactions remembered, at most
 MAX_TCP_PEERS = 32  # softphone TCP connections at once
+TCP_PORT_ATTEMPTS = 5  # with listen_port 0: UDP ports tried until TCP gets the same number too
 
 
 @dataclass
@@ -163,19 +164,37 @@ class SoftphoneProxy:
         self._tcp: dict[Address, asyncio.StreamWriter] = {}  # softphones connected over TCP
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Listener(self), local_addr=(self.host, self.port))
-        self.port = self._transport.get_extra_info("sockname")[1]
-        try:  # the same port over TCP (RFC 3261 section 18: every element takes both)
-            self._tcp_server = await asyncio.start_server(self._tcp_peer, self.host, self.port)
-        except OSError as exc:
-            log.error("SIP over TCP not available on %s:%d: %s (UDP only)", self.host, self.port, exc)
+        await self._bind()
         self._worker = asyncio.create_task(self._work())
         self._watcher = asyncio.create_task(self._watch_softphones())
         log.info("SIP for the softphone on udp%s %s:%d", "+tcp" if self._tcp_server else "", self.host, self.port)
         if not self.softphones:
             log.warning("any program on this machine may place calls through this client: "
                         "set sip.softphones to your softphone's address")
+
+    async def _bind(self) -> None:
+        """UDP on listen_port and TCP on the same number (RFC 3261 section 18: every element takes
+        both). With port 0 the kernel picks UDP's port, whose TCP twin may be taken: then a fresh
+        UDP port is tried. TCP stays off (UDP only, one warning) only if no attempt gets both."""
+        attempts = TCP_PORT_ATTEMPTS if self.port == 0 else 1
+        for attempt in range(1, attempts + 1):
+            transport = await self._bind_udp(self.port if attempts == 1 else 0)
+            port = transport.get_extra_info("sockname")[1]
+            try:
+                self._tcp_server = await asyncio.start_server(self._tcp_peer, self.host, port)
+            except OSError as exc:
+                if attempt < attempts:
+                    log.debug("SIP over TCP: port %d is taken (%s); trying another UDP port", port, exc)
+                    transport.close()
+                    continue
+                log.warning("SIP over TCP not available on %s:%d: %s (UDP only)", self.host, port, exc)
+            self._transport, self.port = transport, port
+            return
+
+    async def _bind_udp(self, port: int) -> asyncio.DatagramTransport:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Listener(self), local_addr=(self.host, port))
+        return transport
 
     async def close(self) -> None:
         await self.tunnel_lost("client shutting down", rejoin=False)
