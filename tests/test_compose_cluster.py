@@ -70,6 +70,11 @@ class Cluster:
         out = self.compose("exec", "-T", node, *ASTERISK_RX, f"confbridge list {room}", check=False)
         return sorted(re.findall(r"^PJSIP/\S+\s+.*\s(\S+)\s*$", out, re.MULTILINE))
 
+    def channel_ids(self, node: str) -> list[str]:
+        """The uniqueids of `node`'s channels (the last field of `core show channels concise`)."""
+        out = self.compose("exec", "-T", node, *ASTERISK_RX, "core show channels concise")
+        return [line.rsplit("!", 1)[-1].strip() for line in out.splitlines() if "!" in line]
+
 
 def window_secrets(env: dict[str, str]) -> dict[str, str]:
     found = {}
@@ -137,6 +142,10 @@ def test_the_two_rooms_live_on_different_nodes_and_every_roster_holds_exactly_it
     assert cluster.bridge("asterisk-b", "1000") == ["alice", "bob", "carol"]
     assert cluster.bridge("asterisk", "1002") == ["dave"]
     assert cluster.bridge("asterisk", "1000") == [] and cluster.bridge("asterisk-b", "1002") == []
+    # Each node's channel uniqueids start with its own systemname: two nodes never share one.
+    for node in NODES:
+        ids = cluster.channel_ids(node)
+        assert ids and all(re.fullmatch(rf"{re.escape(node)}-\d+\.\d+", i) for i in ids), (node, ids)
 
     for participant, (own_name, _, room, _) in PARTICIPANTS.items():
         status = cluster.status(participant)
