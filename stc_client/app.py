@@ -50,6 +50,8 @@ class ClientApp:
         self.rosters: deque[Roster] = deque(maxlen=100)  # every verified roster, newest last
         self.talking: deque[TalkingUpdate] = deque(maxlen=100)  # every verified talking update, newest last
         self._roster_view: ClientRosters | None = None
+        self._tunnel_server: tuple[str, int] | None = None  # the server of the tunnel now up
+        self._lost_server: tuple[str, int] | None = None  # the server of the tunnel just lost: tried last
         self._verifier_key: object = None
         self._end_reason = ""  # why the last call ended, for the window
         self._counters: asyncio.Task[None] | None = None
@@ -248,9 +250,17 @@ class ClientApp:
     async def _open_any(self) -> ClientTunnel:
         """A tunnel to the first server that takes us; the last refusal if none does."""
         refused: TunnelRefused | None = None
-        for address in await self._servers():
+        servers = await self._servers()
+        if self._lost_server in servers and len(servers) > 1:
+            # The server whose tunnel was just lost goes last: a killed server's address can take
+            # connect_timeout to fail, while the deployment's other servers take the calls at once.
+            servers.remove(self._lost_server)
+            servers.append(self._lost_server)
+        for address in servers:
             try:
-                return await open_tunnel(self.config, capabilities=CAPABILITIES, address=address)
+                tunnel = await open_tunnel(self.config, capabilities=CAPABILITIES, address=address)
+                self._tunnel_server, self._lost_server = address, None
+                return tunnel
             except TunnelRefused as exc:
                 log.error("tunnel to %s:%d refused (%s): %s", *address, exc.reason, exc)
                 refused = exc
@@ -275,6 +285,7 @@ class ClientApp:
     async def _tunnel_gone(self, reason_code: str, message: str) -> None:
         """No tunnel any more: close it if it is still open, hang up the calls, turn the light red."""
         self.tunnel_up.clear()
+        self._lost_server, self._tunnel_server = self._tunnel_server, None
         tunnel, self.tunnel = self.tunnel, None
         # Calls first: they start rejoining (or end) now, whatever closing the old tunnel takes.
         await self.softphone.tunnel_lost(message)

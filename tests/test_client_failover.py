@@ -60,3 +60,29 @@ async def test_the_servers_are_tried_in_order_and_a_lost_one_moves_the_client_to
         await client.close()
         await second.server.close()
         await asyncio.sleep(0)
+
+
+async def test_a_server_whose_tunnel_was_just_lost_is_tried_last(pki: TestPki) -> None:
+    """A killed server's address may take connect_timeout to fail: after a lost tunnel the client
+    goes to the deployment's next server first, even though the lost one comes first in its list."""
+    first, second = GreetingServer(pki), GreetingServer(pki)
+    await first.server.start()
+    await second.server.start()
+    base = config(pki, first.server.port)
+    client = ClientApp(replace(base, server=replace(base.server, hosts=(f"127.0.0.1:{second.server.port}",))))
+    try:
+        await client.start()
+        await wait_until(lambda: len(first.connected) == 1 and client.tunnel_up.is_set(), "the first server taken")
+        assert client.tunnel is not None
+        client.tunnel.stream.drop()  # the path to the first server dies (the server itself still listens)
+        await wait_until(lambda: len(second.connected) == 1 and client.tunnel_up.is_set(), "moved to the second")
+        assert len(first.connected) == 1
+        assert client.tunnel is not None
+        client.tunnel.stream.drop()  # and back: the second is now the one just lost
+        await wait_until(lambda: len(first.connected) == 2 and client.tunnel_up.is_set(), "back to the first")
+        assert len(second.connected) == 1
+    finally:
+        await client.close()
+        await first.server.close()
+        await second.server.close()
+        await asyncio.sleep(0)
