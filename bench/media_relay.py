@@ -488,45 +488,67 @@ def bench_client(loop_name: str, seconds: float, pin: bool, profile: SrtpProfile
             process.kill()
 
 
-def bench_hot_path(calls: int, per_call: int, profile: SrtpProfile) -> tuple[float, float]:
+def bench_hot_path(calls: int, per_call: int, profile: SrtpProfile, single_port: bool = False) -> tuple[float, float]:
     """CPU per packet of the relay's hot path alone, each way: datagrams queued first, then
     drained with no wake-ups and nobody to wake (reaches into the relay's private reader on
     purpose). Inbound: SRTP from the clients, unprotected, to Asterisk. Outbound: RTP from
-    Asterisk, translated and protected, to the clients (their addresses latched by inbound)."""
+    Asterisk, translated and protected, to the clients (their addresses latched by inbound).
+    With `single_port`, every client sends from a socket of its own to the relay's one wan port;
+    the first packets bind the sources (not timed), then one packet per call is queued
+    and drained at a time (a round of 1000 fits the port's 4 MB receive buffer, 40 would not)."""
 
     async def run() -> tuple[float, float]:
         from stc_asterisk.media import MediaRelay
 
-        relay = MediaRelay(wan_host=HOST, pbx_host=HOST)
+        relay = MediaRelay(wan_host=HOST, pbx_host=HOST, single_port=0 if single_port else None)
         sink, source = _udp(64 << 20), _udp(64 << 20)
-        inbound, outbound = [], []
+        clients = [_udp(256 << 10) for _ in range(calls)] if single_port else [source] * calls
+        protectors, ports_of = [], []
         for n, call_keys in enumerate(_keys(calls, profile)):
-            ports = await relay.open_call(f"call-{n}", call_keys)
+            ports_of.append(await relay.open_call(f"call-{n}", call_keys))
             relay.set_asterisk_media(f"call-{n}", HOST, sink.getsockname()[1], sink.getsockname()[1] + 1)
-            protector = SrtpProtector(profile, call_keys.client_to_server_srtp, call_keys.client_to_server_srtcp)
-            inbound.append([(protector.protect_rtp(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, n) + bytes(PAYLOAD)),
-                             (HOST, ports.wan_rtp_port)) for seq in range(1, per_call + 1)])
-            outbound.append([(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, n) + bytes(PAYLOAD), (HOST, ports.pbx_rtp_port))
-                             for seq in range(1, per_call + 1)])
+            protectors.append(SrtpProtector(profile, call_keys.client_to_server_srtp, call_keys.client_to_server_srtcp))
         readiness = relay._readiness  # noqa: SLF001
         assert readiness is not None and readiness._epoll is not None  # noqa: SLF001
         asyncio.get_running_loop().remove_reader(readiness._epoll.fileno())  # noqa: SLF001
+        first = 1  # the first sequence number timed
+        if single_port:  # bind every client's source first (not timed): up to 8 unprotect tries a packet
+            assert relay.demux is not None
+            while relay.demux.bound_sources < calls and first < 2000:
+                for n, protector in enumerate(protectors):
+                    packet = struct.pack("!BBHII", 0x80, 0, first, first * 160, n) + bytes(PAYLOAD)
+                    clients[n].sendto(protector.protect_rtp(packet), (HOST, ports_of[n].wan_rtp_port))
+                while readiness._dispatch():  # noqa: SLF001
+                    pass
+                first += 1
+            assert relay.demux.bound_sources == calls, relay.demux.bound_sources
+        seqs = range(first, first + per_call)
+        inbound = [[(protector.protect_rtp(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, n) + bytes(PAYLOAD)),
+                     (HOST, ports.wan_rtp_port)) for seq in seqs] for n, (protector, ports) in enumerate(zip(protectors, ports_of))]
+        outbound = [[(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, n) + bytes(PAYLOAD), (HOST, ports.pbx_rtp_port))
+                     for seq in seqs] for n, ports in enumerate(ports_of)]
+        before = relay.stats()
+        rounds = [range(per_call)] if not single_port else [range(i, i + 1) for i in range(per_call)]
         spent = []
-        for queued, sender in ((inbound, source), (outbound, sink)):
-            for i in range(per_call):
-                for packets in queued:
-                    sender.sendto(*packets[i])
-            started = time.process_time()
-            while readiness._dispatch():  # noqa: SLF001
-                pass
-            spent.append(time.process_time() - started)
+        for queued, senders in ((inbound, clients), (outbound, [sink] * calls)):
+            total = 0.0
+            for indexes in rounds:
+                for i in indexes:
+                    for n, packets in enumerate(queued):
+                        senders[n].sendto(*packets[i])
+                started = time.process_time()
+                while readiness._dispatch():  # noqa: SLF001
+                    pass
+                total += time.process_time() - started
+            spent.append(total)
         stats = relay.stats()
-        assert stats.inbound_packets == calls * per_call, stats
-        assert stats.outbound_packets == calls * per_call, stats
+        assert stats.inbound_packets - before.inbound_packets == calls * per_call, stats
+        assert stats.outbound_packets - before.outbound_packets == calls * per_call, stats
         readiness._epoll.close()  # noqa: SLF001
-        sink.close()
-        source.close()
-        return spent[0] / stats.inbound_packets * 1e6, spent[1] / stats.outbound_packets * 1e6
+        for sock in {sink, source, *clients}:
+            sock.close()
+        timed = calls * per_call
+        return spent[0] / timed * 1e6, spent[1] / timed * 1e6
 
     return asyncio.run(run())
 
@@ -575,9 +597,10 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
 
     if args.hot_path:
-        print("\nhot path alone (40 queued datagrams per call, drained without wake-ups):")
+        mode = "single port" if args.single_port else "a port pair per call"
+        print(f"\nhot path alone, {mode} (40 queued datagrams per call, drained without wake-ups):")
         for calls in counts:
-            inbound_us, outbound_us = bench_hot_path(calls, 40, profile)
+            inbound_us, outbound_us = bench_hot_path(calls, 40, profile, args.single_port)
             print(f"  {calls:5d} calls: {inbound_us:.2f} us of CPU per packet inbound (SRTP to RTP), "
                   f"{outbound_us:.2f} us outbound (RTP to SRTP)")
         return
