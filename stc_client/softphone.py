@@ -22,8 +22,7 @@ import asyncio
 import logging
 import secrets
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 
 from stc_wire import messages as wire
@@ -57,61 +56,20 @@ from stc_wire.sip_stream import SipStreamFramer
 from stc_wire.srtp import SrtpProfile
 from stc_wire.tunnel import TunnelError
 
-from .dialog import CallDialog, CallState, UpstreamLeg, answer_in_gap
-from .media import ClientCallPorts, ClientMedia
+from .client_call import MEMORY as _MEMORY
+from .client_call import Address, ClientCall, DialogKey, SendToServer
+from .client_call import quoted as _quoted
+from .dialog import CallState, UpstreamLeg, answer_in_gap
+from .liveness import SoftphoneLiveness
+from .media import ClientMedia
+from .rejoin import Rejoining
+
+__all__ = ["MAX_TCP_PEERS", "TCP_PORT_ATTEMPTS", "Address", "ClientCall", "DialogKey", "SendToServer", "SoftphoneProxy"]
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
-DialogKey = tuple[str, str]  # (Call-ID, the softphone's tag)
-_MEMORY = 256  # ended calls and transactions remembered, at most
 MAX_TCP_PEERS = 32  # softphone TCP connections at once
 TCP_PORT_ATTEMPTS = 5  # with listen_port 0: UDP ports tried until TCP gets the same number too
-
-
-@dataclass
-class ClientCall:
-    call_id: str
-    stream_id: str
-    room: str
-    agreement: KeyAgreement | None
-    softphone_tag: str = ""  # the From tag of the softphone's INVITE
-    softphone_address: Address = ("", 0)  # where its INVITE came from: everything for it goes there
-    softphone_contact: str = ""  # the Request-URI of requests for the softphone
-    invite: SipRequest | None = None  # as the softphone sent it (for a BYE on tunnel loss)
-    to_header: str = ""
-    confirmed: bool = False
-    profile: SrtpProfile | None = None
-    started: datetime | None = None
-    ports: ClientCallPorts | None = None
-    max_cseq: int = 0  # highest CSeq of the softphone's own requests in this dialog
-    # Requests towards the softphone (Asterisk's, and our liveness probes) share one CSeq space:
-    # ours are slotted in by shifting Asterisk's by `cseq_shift`, and their answers shifted back.
-    cseq_shift: int = 0
-    far_cseq: int = 0  # highest CSeq of Asterisk's requests in this dialog (unshifted)
-    shifted: OrderedDict[int, int] = field(default_factory=OrderedDict)  # sent CSeq -> Asterisk's
-    probe_cseq: int | None = None  # our OPTIONS in flight
-    probe_sent_at: float = 0.0
-    alive_at: float = 0.0  # loop time of the softphone's last sign of life (media, SIP)
-    media_seen: int = -1  # softphone packets counted at the last check
-    rtcp_mux: bool = False  # the softphone offered RTCP on its RTP port (RFC 5761) and got it
-    end_reason: str = ""
-    dialog: CallDialog = field(default_factory=CallDialog)
-    leg: UpstreamLeg | None = None  # after a rejoin: the dialog upstream (None: the softphone's own)
-    phone_sdp: bytes = b""  # the softphone's latest SDP (offer or answer): what a rejoin offers
-    rejoin: asyncio.Task[None] | None = None
-    last_gap: float | None = None  # seconds the last rejoin took, from the loss to the 2xx
-    in_room_as: str = ""  # the upstream Call-ID of the leg last answered: what a rejoin replaces
-    settled: asyncio.Event = field(default_factory=asyncio.Event)  # a rejoin attempt ended, or the leg was lost
-
-    @property
-    def key(self) -> DialogKey:
-        return (self.call_id, self.softphone_tag)
-
-    @property
-    def upstream_call_id(self) -> str:
-        """The Call-ID the server and Asterisk know this call by (what media keys are bound to)."""
-        return self.leg.call_id if self.leg is not None else self.call_id
 
 
 class _Listener(asyncio.DatagramProtocol):
@@ -125,10 +83,10 @@ class _Listener(asyncio.DatagramProtocol):
         log.debug("softphone socket error: %s", exc)
 
 
-SendToServer = Callable[[wire.Message], Awaitable[None]]
 
+class SoftphoneProxy(Rejoining, SoftphoneLiveness):
+    """The proxy core; the rejoin half and the liveness probes are in rejoin.py and liveness.py."""
 
-class SoftphoneProxy:
     def __init__(self, host: str, port: int, media: ClientMedia, profiles: tuple[SrtpProfile, ...],
                  on_change: Callable[[], None] = lambda: None, *, softphone_timeout: float = 30.0,
                  on_call_end: Callable[[ClientCall], None] = lambda call: None,
@@ -367,16 +325,6 @@ class SoftphoneProxy:
         if request.method == "BYE" and call is not None:
             self._end_call(call, "you hung up")
 
-    def _request_in_gap(self, call: ClientCall, request: SipRequest, addr: Address) -> None:
-        """The softphone speaks while its call has no upstream leg: answered here, never queued."""
-        call.max_cseq = max(call.max_cseq, request.cseq[0])
-        call.alive_at = asyncio.get_running_loop().time()
-        answer = answer_in_gap(request)
-        if answer is not None:
-            self._to_softphone(answer.to_bytes(), addr)
-        if request.method == "BYE":
-            self._end_call(call, "you hung up while the call was reconnecting")
-
     def _remember_origin(self, branch: str, addr: Address) -> None:
         self._origins[branch] = addr
         while len(self._origins) > _MEMORY:
@@ -422,18 +370,6 @@ class SoftphoneProxy:
         await self._send(wire.MediaOffer(stream_id, invite.call_id, tuple(p.value for p in self.profiles), call.agreement.public_bytes))
         log.info("call %s to room %s: media offer sent", invite.call_id, call.room)
         return call
-
-    async def _own_response(self, response: SipResponse) -> None:
-        """The softphone's answer to our probe: alive, unless it no longer knows the dialog."""
-        call = self._find(response.call_id, response.to_tag)
-        if call is None or response.cseq != (call.probe_cseq, "OPTIONS") or response.status < 200:
-            return
-        call.probe_cseq = None
-        if response.status in (408, 481):
-            await self._hang_up_towards_server(call, "softphone lost the call")
-            self._end_call(call, f"your softphone no longer knows this call ({response.status})")
-        else:
-            call.alive_at = asyncio.get_running_loop().time()
 
     async def _response_from_softphone(self, response: SipResponse) -> None:
         if not pop_own_via(response, self.host, self.port):
@@ -570,17 +506,6 @@ class SoftphoneProxy:
             msg.uri = uri_with_host_port(msg.uri, *target)
         self._to_softphone(msg.to_bytes(), target)
 
-    def _shift_cseq(self, call: ClientCall, request: SipRequest) -> None:
-        number, method = request.cseq
-        if method != "ACK":
-            call.far_cseq = max(call.far_cseq, number)
-        if call.cseq_shift:
-            sent = number + call.cseq_shift
-            request.set("CSeq", f"{sent} {method}")
-            call.shifted[sent] = number
-            while len(call.shifted) > 32:
-                call.shifted.popitem(last=False)
-
     async def _refuse_unkeyed_sdp(self, msg: SipRequest | SipResponse) -> None:
         """SDP for a dialog we hold no keys for: a request gets 488, a 2xx an ACK and a BYE."""
         self.drops["sdp-without-keys"] += 1
@@ -643,51 +568,6 @@ class SoftphoneProxy:
                 del self._tcp[address]
             writer.close()
 
-    # -- liveness -------------------------------------------------------------
-    async def _watch_softphones(self) -> None:
-        """Probe a confirmed call's softphone once it falls silent; hang up the ones that are gone."""
-        timeout = self.softphone_timeout
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(min(timeout / 10, 3.0))
-            now = loop.time()
-            for call in list(self.calls.values()):
-                if not call.confirmed:
-                    continue
-                try:
-                    stats = self.media.stats(call.stream_id)
-                except KeyError:
-                    continue
-                seen = stats.outbound_packets  # RTP and RTCP the softphone sent
-                if seen != call.media_seen:
-                    call.media_seen = seen
-                    call.alive_at = now
-                silent = now - call.alive_at
-                if silent >= timeout:
-                    log.warning("call %s: the softphone sent nothing and answered no OPTIONS for %.0f s: "
-                                "hanging up", call.call_id, silent)
-                    await self._hang_up_towards_server(call, "softphone gone")
-                    self._end_call(call, f"your softphone stopped answering for {silent:.0f} s")
-                elif silent >= timeout / 3 and (call.probe_cseq is None or now - call.probe_sent_at >= timeout / 6):
-                    self._probe(call, now)
-
-    def _probe(self, call: ClientCall, now: float) -> None:
-        """An in-dialog OPTIONS to the softphone; its answer is a sign of life."""
-        call.cseq_shift += 1
-        call.probe_cseq = call.far_cseq + call.cseq_shift
-        call.probe_sent_at = now
-        assert call.invite is not None
-        probe = SipRequest("OPTIONS", call.softphone_contact, [])
-        probe.append("Via", str(make_via(self.host, self.port, new_branch(),
-                                         transport=self._via_transport(call.softphone_address))))
-        probe.append("Max-Forwards", "70")
-        probe.append("From", call.to_header)  # we speak for the far end of the softphone's dialog
-        probe.append("To", call.invite.get("From") or "")
-        probe.append("Call-ID", call.call_id)
-        probe.append("CSeq", f"{call.probe_cseq} OPTIONS")
-        probe.append("Content-Length", "0")
-        self._to_softphone(probe.to_bytes(), call.softphone_address)
-
     # -- clean-up -------------------------------------------------------------
     def _end_call(self, call: ClientCall, why: str) -> None:
         if self.calls.get(call.key) is not call:
@@ -736,206 +616,6 @@ class SoftphoneProxy:
         except Exception as exc:  # the tunnel is going: the server hangs up what it carried
             log.debug("hang-up for call %s not sent: %s", call.call_id, exc)
 
-    async def tunnel_lost(self, why: str, *, rejoin: bool = True) -> None:
-        """The tunnel is gone. A call in the room is kept (the softphone hears nothing of it) and
-        rejoins once a tunnel is back; any other call, or every call with `rejoin` False, is hung
-        up towards its own softphone and its media freed."""
-        self._send = None
-        self._tunnel_ready.clear()
-        now = asyncio.get_running_loop().time()
-        for call in list(self.calls.values()):
-            if rejoin and call.profile is not None and call.dialog.leg_lost(now):
-                self._hold(call, why)
-                continue
-            if call.confirmed and call.invite is not None:
-                self._to_softphone(self._bye_to_softphone(call, "stc tunnel lost").to_bytes(), call.softphone_address)
-            self._end_call(call, f"the secure tunnel was lost ({why})")
-
-    def leg_lost(self, upstream_call_id: str, why: str) -> None:
-        """The server says Asterisk lost this call's channel (it restarted, or its node went away):
-        keep the softphone's call and rejoin, as after a lost tunnel."""
-        call = next((c for c in self.calls.values() if c.upstream_call_id == upstream_call_id), None)
-        if call is None or call.profile is None:
-            return
-        if call.dialog.leg_lost(asyncio.get_running_loop().time()):
-            self._hold(call, why)
-        else:
-            self._give_up(call, why)
-
-    # -- rejoining ------------------------------------------------------------
-    def _hold(self, call: ClientCall, why: str) -> None:
-        """The call lost its upstream leg: stop its media towards the server and start rejoining."""
-        try:
-            self.media.suspend(call.stream_id)
-        except KeyError:
-            pass
-        call.agreement = None
-        call.settled.set()  # a rejoin attempt in flight is over
-        if call.rejoin is None or call.rejoin.done():
-            call.rejoin = asyncio.create_task(self._keep_rejoining(call))
-        log.warning("call %s: lost its way to the conference (%s): the softphone's call is kept, rejoining",
-                    call.call_id, why)
-        self._on_reconnect(call)
-        self._on_change()
-
-    async def _keep_rejoining(self, call: ClientCall) -> None:
-        """Place a fresh INVITE for the room whenever a tunnel is up, until one is answered or
-        `reconnect_timeout` has passed since the leg was lost (then the softphone gets a BYE)."""
-        lost_since = call.dialog.lost_since
-        assert lost_since is not None
-        delay = 0.2
-        try:
-            async with asyncio.timeout_at(lost_since + self.reconnect_timeout):
-                while call.dialog.state is CallState.RECONNECTING:
-                    await self._tunnel_ready.wait()
-                    call.settled.clear()
-                    invite = await self._send_rejoin(call)
-                    if invite is not None:
-                        await self._await_rejoin(call, invite)
-                    if call.dialog.state is CallState.RECONNECTING:
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 2.0)
-        except TimeoutError:
-            if call.dialog.gap:
-                self._give_up(call, f"could not rejoin the conference within {self.reconnect_timeout:g} s")
-
-    async def _await_rejoin(self, call: ClientCall, invite: SipRequest) -> None:
-        """Wait for the rejoin's answer, sending the INVITE again now and then (the hop from the
-        server to Asterisk is UDP, and nobody else retransmits it)."""
-        waited, interval = 0.0, 0.5
-        while not call.settled.is_set() and waited < self.rejoin_attempt_timeout:
-            try:
-                async with asyncio.timeout(interval):
-                    await call.settled.wait()
-            except TimeoutError:
-                waited += interval
-                interval = min(interval * 2, 2.0)
-                if not call.settled.is_set() and call.dialog.state is CallState.REJOINING:
-                    await self._send_up(invite)
-        if not call.settled.is_set():
-            log.warning("call %s: no answer to the rejoin within %g s: trying again", call.call_id, waited)
-            call.dialog.rejoin_timed_out()
-
-    async def _send_rejoin(self, call: ClientCall) -> SipRequest | None:
-        """MEDIA_OFFER with a fresh key share, then an INVITE for the same room in a new dialog."""
-        if self._send is None or call.invite is None:
-            return None
-        if not call.phone_sdp:
-            self._give_up(call, "the call cannot be rejoined (the softphone's SDP is unknown)")
-            return None
-        leg = UpstreamLeg(call_id=f"{secrets.token_hex(16)}@stc-rejoin", local_tag=new_tag(),
-                          phone_call_id=call.call_id, phone_tag=call.softphone_tag,
-                          phone_far_tag=parse_name_addr(call.to_header).tag if call.to_header else None,
-                          invite_cseq=call.max_cseq + 1)
-        invite = leg.invite(call.invite, call.phone_sdp, via=self._new_via(),
-                            contact=f"<sip:stc@{self.host}:{self.port}>", replaces=call.in_room_as or call.call_id)
-        call.leg = leg
-        self._legs[leg.call_id] = (call, leg)
-        while len(self._legs) > _MEMORY:
-            self._legs.popitem(last=False)
-        agreement = KeyAgreement(Side.CLIENT)
-        call.agreement = agreement
-        call.dialog.rejoin_sent()
-        try:
-            await self._send(wire.MediaOffer(call.stream_id, leg.call_id, tuple(p.value for p in self.profiles),
-                                             agreement.public_bytes))
-            await self._send(wire.SipMessage(invite.to_bytes()))
-        except Exception as exc:  # the tunnel went again: tunnel_lost puts the call back to reconnecting
-            log.debug("rejoin of call %s not sent: %s", call.call_id, exc)
-            return None
-        log.info("call %s: rejoining room %s (new Call-ID %s, fresh media keys)", call.call_id, call.room, leg.call_id)
-        return invite
-
-    async def _from_upstream_leg(self, msg: SipRequest | SipResponse) -> bool:
-        """A message of a dialog a rejoin placed: the answer to our INVITE is ours; the rest is put
-        into the softphone's dialog (True: go on with it as with any message from the server)."""
-        call, leg = self._legs[msg.call_id]
-        if isinstance(msg, SipResponse) and leg.is_own_invite_answer(msg):
-            await self._rejoin_answer(call, leg, msg)
-            return False
-        live = self.calls.get(call.key) is call
-        # A call just ended still gets the answers to its last requests (the 200 to its BYE).
-        remembered = live or (self.recently_ended.get(call.key) is call and isinstance(msg, SipResponse))
-        if not remembered or call.leg is not leg or call.dialog.gap:
-            # A leg given up, or a call that is over: answered here, never the softphone's business.
-            if isinstance(msg, SipRequest) and msg.method != "ACK":
-                await self._send_up(make_response(msg, 200 if msg.method == "BYE" else 481))
-            return False
-        if isinstance(msg, SipResponse):
-            leg.response_down(msg)
-        else:
-            leg.request_down(msg, call.far_cseq)
-        return True
-
-    async def _rejoin_answer(self, call: ClientCall, leg: UpstreamLeg, response: SipResponse) -> None:
-        status = response.status
-        if status < 200:
-            return
-        live = self.calls.get(call.key) is call and call.leg is leg
-        if status < 300:
-            leg.remote_tag = response.to_tag
-            leg.to_header = response.get("To") or ""
-            if (contact := response.get("Contact")) is not None:
-                leg.remote_target = parse_name_addr(contact).uri
-            await self._send_up(leg.ack(self._new_via()))
-            if live and call.dialog.state is CallState.CONFIRMED:
-                return  # a retransmitted 2xx: our ACK was lost
-            if not live or call.dialog.state is not CallState.REJOINING:
-                # The call ended (or moved on) while this INVITE was out: leave the room again.
-                await self._send_up(leg.bye(self._new_via(), f"stc: {_quoted('the call this rejoin was for is over')}"))
-                return
-        else:
-            await self._send_up(leg.ack(leg.via, response))  # the ACK of a failure (hop by hop)
-            if not live or call.dialog.state is not CallState.REJOINING:
-                return
-        lost_since = call.dialog.lost_since
-        state = call.dialog.rejoin_answered(status)
-        call.settled.set()
-        if state is CallState.CONFIRMED:
-            call.in_room_as = leg.call_id
-            if lost_since is not None:
-                call.last_gap = asyncio.get_running_loop().time() - lost_since
-            log.info("call %s: back in room %s after %.1f s (Call-ID upstream %s)", call.call_id, call.room,
-                     call.last_gap or 0.0, leg.call_id)
-            self._on_reconnect(call)
-            self._on_change()
-        elif state is CallState.ENDED:
-            self._give_up(call, f"the conference did not take the call back ({status} {response.reason})")
-        else:
-            log.warning("call %s: rejoin answered %d %s: trying again", call.call_id, status, response.reason)
-
-    def _new_via(self) -> str:
-        return str(make_via(self.host, self.port, new_branch()))
-
-    async def _send_up(self, msg: SipRequest | SipResponse) -> None:
-        if self._send is None:
-            return
-        try:
-            await self._send(wire.SipMessage(msg.to_bytes()))
-        except Exception as exc:  # the tunnel is going: nothing upstream to tell
-            log.debug("SIP for the server not sent: %s", exc)
-
-    def _give_up(self, call: ClientCall, why: str) -> None:
-        """End a call for good: a BYE to its softphone (if it was answered), media freed."""
-        if call.confirmed and call.invite is not None:
-            self._to_softphone(self._bye_to_softphone(call, f"stc: {why}").to_bytes(), call.softphone_address)
-        self._end_call(call, why)
-
-    def _bye_to_softphone(self, call: ClientCall, why: str) -> SipRequest:
-        assert call.invite is not None
-        call.cseq_shift += 1  # a CSeq above any Asterisk sent in this dialog
-        bye = SipRequest("BYE", call.softphone_contact, [])
-        bye.append("Via", str(make_via(self.host, self.port, new_branch(),
-                                       transport=self._via_transport(call.softphone_address))))
-        bye.append("Max-Forwards", "70")
-        bye.append("From", call.to_header)  # we speak for the far end of the softphone's dialog
-        bye.append("To", call.invite.get("From") or "")
-        bye.append("Call-ID", call.call_id)
-        bye.append("CSeq", f"{call.far_cseq + call.cseq_shift} BYE")
-        bye.append("Reason", f'Q.850;cause=41;text="{_quoted(why)}"')
-        bye.append("Content-Length", "0")
-        return bye
-
 
 def _lookup(table: Mapping[DialogKey, ClientCall], call_id: str, tags: tuple[str | None, ...]) -> ClientCall | None:
     """The call of the first (Call-ID, tag) dialog found in `table`."""
@@ -944,10 +624,6 @@ def _lookup(table: Mapping[DialogKey, ClientCall], call_id: str, tags: tuple[str
         if call is not None:
             return call
     return None
-
-
-def _quoted(text: str) -> str:
-    return "".join(ch for ch in text if ch.isprintable() and ch not in '"\\')[:200]
 
 
 def _local_if_unspecified(address: str, addr: Address) -> str:
