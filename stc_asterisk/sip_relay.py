@@ -35,6 +35,7 @@ from stc_wire.sip import (
     SipParseError,
     SipRequest,
     SipResponse,
+    make_request,
     make_response,
     new_branch,
     parse_message,
@@ -537,23 +538,15 @@ class TunnelCalls:
         if invite is None:
             return
         if call.confirmed:
-            bye = SipRequest("BYE", invite.uri, [])
-            bye.append("Via", invite.get_all("Via")[0].split(";branch=")[0] + f";branch={new_branch()};rport")
-            bye.append("Max-Forwards", "70")
-            bye.append("From", invite.get("From") or "")
-            bye.append("To", invite.get("To") or "")
-            bye.append("Call-ID", call.call_id)
-            bye.append("CSeq", f"{call.max_cseq + 1} BYE")
-            bye.append("Reason", 'Q.850;cause=16;text="stc tunnel closed"')
+            bye = make_request("BYE", invite.uri,
+                               via=invite.get_all("Via")[0].split(";branch=")[0] + f";branch={new_branch()};rport",
+                               from_=invite.get("From") or "", to=invite.get("To") or "", call_id=call.call_id,
+                               cseq=call.max_cseq + 1, headers=[("Reason", 'Q.850;cause=16;text="stc tunnel closed"')])
             self._send_to_asterisk(bye, call.asterisk)
         else:
-            cancel = SipRequest("CANCEL", invite.uri, [])
-            cancel.append("Via", invite.get_all("Via")[0])
-            cancel.append("Max-Forwards", "70")
-            cancel.append("From", invite.get("From") or "")
-            cancel.append("To", (invite.get("To") or "").split(";tag=")[0])
-            cancel.append("Call-ID", call.call_id)
-            cancel.append("CSeq", f"{invite.cseq[0]} CANCEL")
+            cancel = make_request("CANCEL", invite.uri, via=invite.get_all("Via")[0], from_=invite.get("From") or "",
+                                  to=(invite.get("To") or "").split(";tag=")[0], call_id=call.call_id,
+                                  cseq=invite.cseq[0])
             self._send_to_asterisk(cancel, call.asterisk)
 
     async def on_close(self, info: CloseInfo) -> None:

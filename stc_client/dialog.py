@@ -18,7 +18,7 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
-from stc_wire.sip import SipRequest, SipResponse, make_response, parse_name_addr
+from stc_wire.sip import SipRequest, SipResponse, make_request, make_response, parse_name_addr
 from stc_wire.sip_proxy import REJOINS_HEADER
 
 
@@ -206,42 +206,25 @@ class UpstreamLeg:
         self.request_uri = phone_invite.uri
         self.via = via
         self.from_header = _with_tag(phone_invite.get("From") or "", self.local_tag)
-        invite = SipRequest("INVITE", self.request_uri, [])
-        invite.append("Via", via)
-        invite.append("Max-Forwards", "70")
-        invite.append("From", self.from_header)
-        invite.append("To", _with_tag(phone_invite.get("To") or f"<{self.request_uri}>", None))
-        invite.append("Call-ID", self.call_id)
-        invite.append("CSeq", f"{self.invite_cseq} INVITE")
-        invite.append("Contact", phone_invite.get("Contact") or contact)
-        invite.append(REJOINS_HEADER, replaces)
+        invite = make_request(
+            "INVITE", self.request_uri, via=via, from_=self.from_header,
+            to=_with_tag(phone_invite.get("To") or f"<{self.request_uri}>", None), call_id=self.call_id,
+            cseq=self.invite_cseq, headers=[("Contact", phone_invite.get("Contact") or contact), (REJOINS_HEADER, replaces)])
         invite.set_body(sdp, "application/sdp")
         return invite
 
     def ack(self, via: str, failure: SipResponse | None = None) -> SipRequest:
         """The ACK of our INVITE's 2xx (`via` new), or of a failure (`via` the INVITE's, its To)."""
-        ack = SipRequest("ACK", self.request_uri if failure is not None else (self.remote_target or self.request_uri), [])
-        ack.append("Via", via)
-        ack.append("Max-Forwards", "70")
-        ack.append("From", self.from_header)
-        ack.append("To", (failure.get("To") if failure is not None else self.to_header) or "")
-        ack.append("Call-ID", self.call_id)
-        ack.append("CSeq", f"{self.invite_cseq} ACK")
-        ack.append("Content-Length", "0")
-        return ack
+        return make_request(
+            "ACK", self.request_uri if failure is not None else (self.remote_target or self.request_uri), via=via,
+            from_=self.from_header, to=(failure.get("To") if failure is not None else self.to_header) or "",
+            call_id=self.call_id, cseq=self.invite_cseq)
 
     def bye(self, via: str, reason_text: str) -> SipRequest:
         """Leave the room on this leg (a rejoin answered after its call was over)."""
-        bye = SipRequest("BYE", self.remote_target or self.request_uri, [])
-        bye.append("Via", via)
-        bye.append("Max-Forwards", "70")
-        bye.append("From", self.from_header)
-        bye.append("To", self.to_header)
-        bye.append("Call-ID", self.call_id)
-        bye.append("CSeq", f"{self.invite_cseq + 1} BYE")
-        bye.append("Reason", f'Q.850;cause=16;text="{reason_text}"')
-        bye.append("Content-Length", "0")
-        return bye
+        return make_request("BYE", self.remote_target or self.request_uri, via=via, from_=self.from_header,
+                            to=self.to_header, call_id=self.call_id, cseq=self.invite_cseq + 1,
+                            headers=[("Reason", f'Q.850;cause=16;text="{reason_text}"')])
 
     def is_own_invite_answer(self, response: SipResponse) -> bool:
         return response.call_id == self.call_id and response.cseq == (self.invite_cseq, "INVITE")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from stc_wire.sip import SipRequest, SipResponse, make_via, new_branch
+from stc_wire.sip import Header, SipRequest, SipResponse, make_request, make_via, new_branch
 
 from .client_call import Address, ClientCall, DialogKey
 from .client_call import quoted as _quoted
@@ -68,18 +69,9 @@ class SoftphoneLiveness:
     def _probe(self, call: ClientCall, now: float) -> None:
         """An in-dialog OPTIONS to the softphone; its answer is a sign of life."""
         call.cseq_shift += 1
-        call.probe_cseq = call.far_cseq + call.cseq_shift
+        call.probe_cseq = probe_cseq = call.far_cseq + call.cseq_shift
         call.probe_sent_at = now
-        assert call.invite is not None
-        probe = SipRequest("OPTIONS", call.softphone_contact, [])
-        probe.append("Via", str(make_via(self.host, self.port, new_branch(),
-                                         transport=self._via_transport(call.softphone_address))))
-        probe.append("Max-Forwards", "70")
-        probe.append("From", call.to_header)  # we speak for the far end of the softphone's dialog
-        probe.append("To", call.invite.get("From") or "")
-        probe.append("Call-ID", call.call_id)
-        probe.append("CSeq", f"{call.probe_cseq} OPTIONS")
-        probe.append("Content-Length", "0")
+        probe = self._request_to_softphone(call, "OPTIONS", probe_cseq)
         self._to_softphone(probe.to_bytes(), call.softphone_address)
 
     async def _own_response(self, response: SipResponse) -> None:
@@ -108,14 +100,13 @@ class SoftphoneLiveness:
     def _bye_to_softphone(self, call: ClientCall, why: str) -> SipRequest:
         assert call.invite is not None
         call.cseq_shift += 1  # a CSeq above any Asterisk sent in this dialog
-        bye = SipRequest("BYE", call.softphone_contact, [])
-        bye.append("Via", str(make_via(self.host, self.port, new_branch(),
-                                       transport=self._via_transport(call.softphone_address))))
-        bye.append("Max-Forwards", "70")
-        bye.append("From", call.to_header)  # we speak for the far end of the softphone's dialog
-        bye.append("To", call.invite.get("From") or "")
-        bye.append("Call-ID", call.call_id)
-        bye.append("CSeq", f"{call.far_cseq + call.cseq_shift} BYE")
-        bye.append("Reason", f'Q.850;cause=41;text="{_quoted(why)}"')
-        bye.append("Content-Length", "0")
-        return bye
+        return self._request_to_softphone(call, "BYE", call.far_cseq + call.cseq_shift,
+                                          [("Reason", f'Q.850;cause=41;text="{_quoted(why)}"')])
+
+    def _request_to_softphone(self, call: ClientCall, method: str, cseq: int,
+                              headers: Iterable[Header] = ()) -> SipRequest:
+        """A request of ours in the softphone's dialog: we speak for the far end of that dialog."""
+        assert call.invite is not None
+        via = make_via(self.host, self.port, new_branch(), transport=self._via_transport(call.softphone_address))
+        return make_request(method, call.softphone_contact, via=str(via), from_=call.to_header,
+                            to=call.invite.get("From") or "", call_id=call.call_id, cseq=cseq, headers=headers)

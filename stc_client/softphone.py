@@ -33,6 +33,7 @@ from stc_wire.sip import (
     SipRequest,
     SipResponse,
     is_keepalive,
+    make_request,
     make_response,
     make_via,
     new_branch,
@@ -592,23 +593,13 @@ class SoftphoneProxy(Rejoining, SoftphoneLiveness):
             return
         invite = call.invite
         if call.confirmed:
-            request = SipRequest("BYE", invite.uri, [])
-            request.append("Via", str(make_via(self.host, self.port, new_branch())))
-            request.append("Max-Forwards", "70")
-            request.append("From", invite.get("From") or "")
-            request.append("To", call.to_header)
-            request.append("Call-ID", call.call_id)
-            request.append("CSeq", f"{max(call.max_cseq, invite.cseq[0]) + 1} BYE")
-            request.append("Reason", f'Q.850;cause=41;text="stc: {_quoted(why)}"')
+            request = make_request("BYE", invite.uri, via=str(make_via(self.host, self.port, new_branch())),
+                                   from_=invite.get("From") or "", to=call.to_header, call_id=call.call_id,
+                                   cseq=max(call.max_cseq, invite.cseq[0]) + 1,
+                                   headers=[("Reason", f'Q.850;cause=41;text="stc: {_quoted(why)}"')])
         else:
-            request = SipRequest("CANCEL", invite.uri, [])
-            request.append("Via", invite.get_all("Via")[0])
-            request.append("Max-Forwards", "70")
-            request.append("From", invite.get("From") or "")
-            request.append("To", invite.get("To") or "")
-            request.append("Call-ID", call.call_id)
-            request.append("CSeq", f"{invite.cseq[0]} CANCEL")
-        request.append("Content-Length", "0")
+            request = make_request("CANCEL", invite.uri, via=invite.get_all("Via")[0], from_=invite.get("From") or "",
+                                   to=invite.get("To") or "", call_id=call.call_id, cseq=invite.cseq[0])
         if call.leg is not None:  # the call was rejoined: the BYE is for the upstream dialog
             call.leg.request_up(request)
         try:

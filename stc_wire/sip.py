@@ -648,6 +648,18 @@ def make_response(
     return response
 
 
+def make_request(method: str, uri: str, *, via: str, from_: str, to: str, call_id: str, cseq: int,
+                 headers: Iterable[Header] = ()) -> SipRequest:
+    """A request of our own (RFC 3261 8.1.1): Via, Max-Forwards, From, To, Call-ID and `cseq method`,
+    then `headers`. Bodiless (Content-Length: 0) until `set_body`."""
+    request = SipRequest(method, uri, [])
+    for name, value in (("Via", via), ("Max-Forwards", "70"), ("From", from_), ("To", to), ("Call-ID", call_id),
+                        ("CSeq", f"{cseq} {method}"), *headers):
+        request.append(name, value)
+    request.append("Content-Length", "0")
+    return request
+
+
 def new_branch() -> str:
     """A fresh RFC 3261 branch: the magic cookie and 64 random bits."""
     return BRANCH_MAGIC_COOKIE + secrets.token_hex(8)

@@ -18,6 +18,7 @@ from .sip import (
     SipMessage,
     SipRequest,
     SipResponse,
+    make_request,
     make_response,
     make_via,
     new_branch,
@@ -125,15 +126,9 @@ def refuse_unkeyed_sdp(message: SipMessage, *, host: str, port: int, target_uri:
         return []
     requests: list[SipMessage] = []
     for name, cseq in (("ACK", number), ("BYE", number + 1)):
-        request = SipRequest(name, target_uri, [])
-        request.append("Via", str(make_via(host, port, new_branch())))
-        request.append("Max-Forwards", "70")
-        request.append("From", message.get("From") or "")
-        request.append("To", message.get("To") or "")
-        request.append("Call-ID", message.call_id)
-        request.append("CSeq", f"{cseq} {name}")
-        if name == "BYE":
-            request.append("Reason", 'Q.850;cause=88;text="stc holds no media keys for this call"')
-        request.append("Content-Length", "0")
+        reason = [("Reason", 'Q.850;cause=88;text="stc holds no media keys for this call"')] if name == "BYE" else []
+        request = make_request(name, target_uri, via=str(make_via(host, port, new_branch())),
+                               from_=message.get("From") or "", to=message.get("To") or "", call_id=message.call_id,
+                               cseq=cseq, headers=reason)
         requests.append(request)
     return requests

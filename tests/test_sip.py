@@ -18,6 +18,7 @@ from stc_wire.sip import (
     SipResponse,
     Via,
     is_keepalive,
+    make_request,
     make_response,
     make_via,
     name_addr_with_host_port,
@@ -1082,3 +1083,15 @@ def test_non_utf8_bytes_round_trip() -> None:
     assert msg.to_bytes() == data
     msg.set("Max-Forwards", "69")
     assert b"Subject: caf\xe9 \xff\r\n" in msg.to_bytes()
+
+
+def test_make_request_builds_our_own_request_in_rfc3261_order() -> None:
+    request = make_request("BYE", "sip:1000@127.0.0.1:5080", via="SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx",
+                           from_="<sip:alice@x>;tag=a", to="<sip:1000@y>;tag=b", call_id="c1", cseq=7,
+                           headers=[("Reason", 'Q.850;cause=16;text="bye"')])
+    assert request.to_bytes() == (
+        b"BYE sip:1000@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\nMax-Forwards: 70\r\n"
+        b"From: <sip:alice@x>;tag=a\r\nTo: <sip:1000@y>;tag=b\r\nCall-ID: c1\r\nCSeq: 7 BYE\r\n"
+        b'Reason: Q.850;cause=16;text="bye"\r\nContent-Length: 0\r\n\r\n')
+    request.set_body(b"v=0\r\n", "application/sdp")
+    assert parse_message(request.to_bytes()).body == b"v=0\r\n"
